@@ -1,0 +1,40 @@
+# make setup | run | test | clean — see README.md.
+SHELL := /bin/bash
+VENVS := .venvs
+SUP_PY := $(VENVS)/supervisor/bin/python
+PY36_PY := $(VENVS)/py36/bin/python
+PY38_PY := $(VENVS)/py38/bin/python
+SUPERVISOR_PYTHON ?= python3
+PORT ?= 8081
+
+.PHONY: setup run test test-fast clean
+
+setup: $(VENVS)/supervisor/.ok $(VENVS)/py36/.ok $(VENVS)/py38/.ok
+
+$(VENVS)/supervisor/.ok: requirements.txt requirements-dev.txt
+	@$(SUPERVISOR_PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
+	  { echo "error: the supervisor needs Python 3.11+; set SUPERVISOR_PYTHON=/path/to/python3.11" >&2; exit 1; }
+	rm -rf $(VENVS)/supervisor
+	$(SUPERVISOR_PYTHON) -m venv $(VENVS)/supervisor
+	$(SUP_PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+# The pip trap on 3.6: upgrade pip/setuptools/wheel to versions that still run on 3.6 first.
+$(VENVS)/%/.ok: runners/%/requirements.txt scripts/find-python.sh
+	@want=$$(echo $* | sed 's/py\([0-9]\)\([0-9]*\)/\1.\2/'); \
+	  py=$$(scripts/find-python.sh $$want) || exit 1; \
+	  echo "creating $(VENVS)/$* with $$py"; \
+	  rm -rf $(VENVS)/$* && $$py -m venv $(VENVS)/$* && \
+	  $(VENVS)/$*/bin/python -m pip install -q 'pip<22' 'setuptools<60' 'wheel<0.38' && \
+	  $(VENVS)/$*/bin/python -m pip install -q -r runners/$*/requirements.txt
+	touch $@
+
+run: setup
+	mkdir -p var
+	$(SUP_PY) -m supervisor serve --port $(PORT) --db var/supervisor.db --spawn all
+
+test: setup
+	$(SUP_PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENVS) var .pytest_cache

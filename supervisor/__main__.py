@@ -1,0 +1,133 @@
+"""python -m supervisor serve [--config F] [--port P] [--db PATH] [--spawn all|none|py36,...]
+
+Wires the parts together: store, broker, dispatcher, spawner and the aiohttp app.
+"""
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+
+from aiohttp import web
+
+from supervisor import api, config
+from supervisor.broker import Broker
+from supervisor.dispatch import Dispatcher
+from supervisor.spawner import Spawner
+from supervisor.store import Store
+
+log = logging.getLogger("supervisor")
+LOG_EXTRAS = ("task_id", "attempt", "worker", "runner", "event", "status", "reason")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the task/runner fields a transition log line carries."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
+               "message": record.getMessage()}
+        out.update({k: getattr(record, k) for k in LOG_EXTRAS if getattr(record, k, None) is not None})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def build_app(settings, store, dispatcher, broker, state: dict) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[api.errors_as_json])
+    app[api.SETTINGS], app[api.STORE], app[api.DISPATCHER], app[api.BROKER] = settings, store, dispatcher, broker
+    app[api.STATE] = state
+    app.add_routes(api.routes)
+    return app
+
+
+async def serve(settings: config.Settings) -> int:
+    store = Store(settings.db_path, settings.sqlite_synchronous)
+    await store.open()
+    broker = Broker(settings)
+    dispatcher = Dispatcher(settings, store)
+    dispatcher.attach(broker)
+    await dispatcher.load()
+    await broker.start(dispatcher)
+    state: dict = {}
+    app = build_app(settings, store, dispatcher, broker, state)
+    http = web.AppRunner(app, access_log=None, handle_signals=False)
+    await http.setup()
+    try:
+        await web.TCPSite(http, settings.host, settings.port).start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s (is another supervisor running? use --port)",
+                  settings.host, settings.port, exc.strerror)
+        await broker.stop()
+        await store.close()
+        return 1
+    spawner = Spawner(settings, broker.endpoint)
+    try:
+        spawner.start(settings.spawn_workers())
+    except FileNotFoundError as exc:
+        log.error("%s", exc)
+        await http.cleanup()
+        await broker.stop()
+        await store.close()
+        return 1
+    dispatching = asyncio.create_task(dispatcher.run(), name="dispatch")
+    log.info("supervisor ready: http://%s:%s, runners connect to %s, database %s", settings.host, settings.port,
+             broker.endpoint, store.path)
+
+    signals = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    sig = await signals.get()
+    log.info("%s: stopping intake; letting running tasks finish (up to %ss)", sig.name, settings.drain_s)
+    state["draining"] = True
+    dispatcher.stop_dispatching()
+    deadline = time.monotonic() + settings.drain_s
+    while dispatcher.leased() and time.monotonic() < deadline and signals.empty():
+        await asyncio.sleep(0.05)
+    if dispatcher.leased():
+        log.warning("%d tasks still running; they stay IN FLIGHT and are recovered at the next start",
+                    dispatcher.leased())
+    await spawner.stop()
+    dispatching.cancel()
+    await asyncio.gather(dispatching, return_exceptions=True)
+    await http.cleanup()
+    await broker.stop()
+    await store.close()
+    log.info("supervisor stopped")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m supervisor", description=__doc__.split("\n\n")[1])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the supervisor")
+    s.add_argument("--config", help="TOML settings file (default conf/supervisor.toml)")
+    s.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="HTTP port (default 8081)")
+    s.add_argument("--db", help="SQLite file (default var/supervisor.db)")
+    s.add_argument("--zmq-bind", help="ZeroMQ ROUTER endpoint (default tcp://127.0.0.1:5555)")
+    s.add_argument("--spawn", help="local runners: all, none, or worker names like py36,py38 (default all)")
+    s.add_argument("--log-format", choices=("text", "json"), help="log line format (default text)")
+    args = parser.parse_args(argv)
+    try:
+        settings = config.load(args.config, host=args.host, port=args.port, db=args.db, zmq_bind=args.zmq_bind,
+                               spawn=args.spawn, log_format=args.log_format)
+    except config.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_format)
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

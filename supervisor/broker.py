@@ -1,0 +1,216 @@
+"""The ROUTER socket: runner registry, heartbeats both ways, task/ack/cancel delivery."""
+import asyncio
+import dataclasses
+import logging
+import socket
+import time
+
+import zmq
+import zmq.asyncio
+
+from runners import protocol
+
+log = logging.getLogger("supervisor.broker")
+FORGET_LOST_AFTER_S = 300.0  # a lost runner stays listed (state "lost") this long
+
+
+@dataclasses.dataclass(eq=False)
+class RunnerInfo:
+    """What the supervisor knows of one connected runner."""
+    id: str
+    worker: str
+    python: str
+    python_full: str
+    host: str
+    pid: int
+    slots: int
+    joined_at: float
+    last_seen: float
+    leases: set = dataclasses.field(default_factory=set)   # {(task_id, attempt)}
+    lost: bool = False
+    lost_at: float | None = None
+    draining: bool = False
+    busy_reported: int = 0
+    resources: dict = dataclasses.field(default_factory=dict)
+    tasks_done: int = 0
+    tasks_failed: int = 0
+
+    @property
+    def free_slots(self) -> int:
+        if self.lost or self.draining:
+            return 0
+        return self.slots - len(self.leases)
+
+    @property
+    def state(self) -> str:
+        if self.lost:
+            return "lost"
+        return "busy" if self.leases else "idle"
+
+
+class Broker:
+    """Owns the ROUTER socket; calls the dispatcher for READY, RESULT and lost runners."""
+
+    def __init__(self, settings, clock=time.monotonic):
+        self.settings = settings
+        self.clock = clock
+        self.dispatcher = None
+        self.runners: dict[str, RunnerInfo] = {}
+        self.ctx = zmq.asyncio.Context()
+        self.sock = None
+        self.endpoint = None
+        self._tasks: list[asyncio.Task] = []
+        self.events = None
+
+    async def start(self, dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a reconnecting runner takes its identity back
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # tell us when a runner is not connected
+        self.sock.bind(self.settings.zmq_bind)
+        bound = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint = bound.replace("0.0.0.0", socket.gethostname())
+        log.info("ZeroMQ ROUTER bound at %s", bound)
+        self._tasks = [asyncio.create_task(self._receive_loop(), name="broker-receive"),
+                       asyncio.create_task(self._heartbeat_loop(), name="broker-heartbeat")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.sock is not None:
+            self.sock.close(0)
+        self.ctx.term()
+
+    # -- registry ----------------------------------------------------------
+    def live_runners(self, worker: str) -> list[RunnerInfo]:
+        return [r for r in self.runners.values() if r.worker == worker and not r.lost]
+
+    def live_runner_count(self, worker: str) -> int:
+        return sum(1 for r in self.runners.values() if r.worker == worker and not r.lost and not r.draining)
+
+    def best_runner(self, worker: str) -> RunnerInfo | None:
+        """The live runner of worker with the most free slots, or None if all are full."""
+        best = None
+        for r in self.runners.values():
+            if r.worker == worker and r.free_slots > 0 and (best is None or r.free_slots > best.free_slots):
+                best = r
+        return best
+
+    # -- sending -----------------------------------------------------------
+    async def _send(self, runner_id: str, command: bytes, header: dict, blobs=()) -> bool:
+        try:
+            await self.sock.send_multipart([runner_id.encode()] + protocol.encode(command, header, blobs))
+            return True
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: not connected (right now); liveness decides what follows
+            log.debug("cannot send %s to runner %s: %s", command.decode(), runner_id, exc)
+            return False
+
+    async def send_task(self, runner: RunnerInfo, header: dict, body: bytes) -> None:
+        await self._send(runner.id, protocol.TASK, header, [body])
+
+    async def send_ack(self, runner_id: str | None, task_id: str, attempt: int) -> None:
+        if runner_id:
+            await self._send(runner_id, protocol.ACK, {"task_id": task_id, "attempt": attempt})
+
+    async def send_cancel(self, runner: RunnerInfo, task_id: str, attempt: int) -> None:
+        await self._send(runner.id, protocol.CANCEL, {"task_id": task_id, "attempt": attempt})
+
+    async def send_stop(self) -> None:
+        for r in list(self.runners.values()):
+            if not r.lost:
+                await self._send(r.id, protocol.STOP, {})
+
+    # -- receiving ---------------------------------------------------------
+    async def _receive_loop(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart(copy=True)
+            try:
+                await self._handle(frames)
+            except Exception:
+                log.exception("handling a runner message failed")
+
+    async def _handle(self, frames: list[bytes]) -> None:
+        runner_id = frames[0].decode("utf-8", "replace")
+        try:
+            command, header, blobs = protocol.decode(frames[1:])
+        except protocol.ProtocolError as exc:
+            log.warning("runner %s sent a malformed message: %s", runner_id, exc)
+            return
+        runner = self.runners.get(runner_id)
+        if runner is not None and not runner.lost:
+            runner.last_seen = self.clock()
+        if command == protocol.READY:
+            await self._on_ready(runner_id, header)
+        elif command == protocol.RESULT:
+            await self.dispatcher.on_result(runner if runner and not runner.lost else None,
+                                            dict(header, runner_id=runner_id), blobs)
+        elif command == protocol.HEARTBEAT:
+            if runner is None or runner.lost:
+                await self._send(runner_id, protocol.DISCONNECT, {"reason": "unknown or lost runner"})
+                return
+            runner.resources = header.get("resources") or {}
+            runner.busy_reported = int(header.get("busy") or 0)
+            if header.get("draining") and not runner.draining:
+                log.info("runner %s of worker %s is draining", runner.id, runner.worker)
+                runner.draining = True
+        else:
+            log.warning("runner %s sent unexpected %s", runner_id, command.decode())
+
+    async def _on_ready(self, runner_id: str, header: dict) -> None:
+        worker, python = header.get("worker"), header.get("python")
+        conf = self.settings.workers.get(worker)
+        if conf is None or python != conf.python:
+            why = (f"unknown worker {worker!r}; known: {sorted(self.settings.workers)}" if conf is None else
+                   f"worker {worker} runs Python {conf.python}, this runner runs {python}")
+            log.error("refusing runner %s: %s", runner_id, why)
+            await self._send(runner_id, protocol.STOP, {"reason": why})
+            return
+        now = self.clock()
+        old = self.runners.get(runner_id)
+        runner = RunnerInfo(id=runner_id, worker=worker, python=python,
+                            python_full=str(header.get("python_full", python)), host=str(header.get("host")),
+                            pid=int(header.get("pid") or 0), slots=int(header.get("slots") or 1),
+                            joined_at=now, last_seen=now, draining=bool(header.get("draining")))
+        if old is not None and not old.lost:
+            runner.leases, runner.joined_at = old.leases, old.joined_at
+            runner.tasks_done, runner.tasks_failed = old.tasks_done, old.tasks_failed
+        self.runners[runner_id] = runner
+        log.info("runner %s joined worker %s (Python %s, host %s, pid %s, %d slots)", runner_id, worker,
+                 runner.python_full, runner.host, runner.pid, runner.slots,
+                 extra={"runner": runner_id, "worker": worker, "event": "runner_joined"})
+        self._emit("runner_joined", runner)
+        await self._send(runner_id, protocol.HEARTBEAT, {})
+        await self.dispatcher.on_runner_ready(runner, header.get("running") or [], header.get("unacked") or [])
+
+    # -- liveness ----------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            try:
+                await self.tick(self.clock())
+            except Exception:
+                log.exception("broker tick failed")
+
+    async def tick(self, now: float) -> None:
+        """Heartbeat every live runner; mark runners silent for `liveness` periods as lost."""
+        limit = self.settings.heartbeat_s * self.settings.liveness
+        for runner in list(self.runners.values()):
+            if runner.lost:
+                if now - runner.lost_at > FORGET_LOST_AFTER_S:
+                    del self.runners[runner.id]
+                continue
+            if now - runner.last_seen > limit:
+                runner.lost, runner.lost_at = True, now
+                log.warning("runner %s of worker %s lost: silent for %.1fs", runner.id, runner.worker,
+                            now - runner.last_seen,
+                            extra={"runner": runner.id, "worker": runner.worker, "event": "runner_lost"})
+                self._emit("runner_lost", runner)
+                await self.dispatcher.on_runner_lost(runner)
+            else:
+                await self._send(runner.id, protocol.HEARTBEAT, {})
+
+    def _emit(self, name: str, runner: RunnerInfo) -> None:
+        if self.events is not None:
+            self.events(name, None, runner=runner)

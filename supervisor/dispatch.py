@@ -1,0 +1,394 @@
+"""Queues per worker, leases on runners, retries and deadlines.
+
+The dispatcher keeps the not-yet-ended tasks in memory (reloaded from the
+store at start) and changes a task's status only through Store.transition,
+under one lock, so memory and the SQLite file agree. `tick(now)` does the
+time-driven work (retry backoff, WorkerUnavailable, leases left over from a
+previous supervisor) and can be called with any clock.
+"""
+import asyncio
+import dataclasses
+import heapq
+import itertools
+import json
+import logging
+import time
+from collections import OrderedDict
+
+from runners import protocol
+from supervisor import tasks
+from supervisor.store import StaleTransition, Store
+
+log = logging.getLogger("supervisor.dispatch")
+FUNCTION_CACHE = 256  # function bodies kept in memory for dispatch
+
+
+@dataclasses.dataclass(eq=False)
+class Active:
+    """A task that has not ended: queued (NOT RUN YET) or leased to a runner (IN FLIGHT)."""
+    id: str
+    worker: str
+    priority: int
+    order: int
+    status: str
+    attempts: int
+    function_hash: str
+    kwargs: str                    # JSON text, passed through untouched
+    timeout_s: float | None
+    max_retries: int
+    retry_on_error: bool
+    unavailable_timeout_s: float
+    queued_at: float
+    not_before: float | None = None
+    callback_url: str | None = None
+    runner: str | None = None      # the runner holding the lease
+    lease_deadline: float | None = None  # only for leases inherited from a previous supervisor
+    crashes: list = dataclasses.field(default_factory=list)
+
+
+class Dispatcher:
+    """Assigns queued tasks to runners with free slots and records what comes back."""
+
+    def __init__(self, settings, store: Store, events=None, clock=time.time):
+        self.settings = settings
+        self.store = store
+        self.events = events          # optional sink for lifecycle events (metrics)
+        self.clock = clock
+        self.broker = None            # set by attach(); sends TASK/ACK/CANCEL
+        self.active: dict[str, Active] = {}
+        self.ready: dict[str, list] = {w: [] for w in settings.workers}  # heaps of (-priority, order, id)
+        self.delayed: list = []       # heap of (not_before, order, id)
+        self.no_runner_since: dict[str, float] = {}
+        self.waiters: dict[str, asyncio.Event] = {}
+        self.functions: OrderedDict[str, bytes] = OrderedDict()
+        self.accepting = True         # False while draining: nothing new is dispatched
+        self._order = itertools.count()
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+
+    def attach(self, broker) -> None:
+        self.broker = broker
+        now = self.clock()
+        for worker in self.settings.workers:
+            self.no_runner_since[worker] = now
+
+    # -- intake ------------------------------------------------------------
+    async def load(self) -> None:
+        """Rebuild the queues from the store after a (re)start."""
+        grace = self.settings.heartbeat_s * self.settings.liveness * 3
+        now = self.clock()
+        for row in await self.store.active_tasks():
+            task = self._active_from_row(row)
+            if task.status == tasks.IN_FLIGHT:
+                task.runner = row["runner"]
+                task.lease_deadline = now + grace  # its runner has this long to reconnect and claim it
+            self._track(task)
+        log.info("loaded %d unfinished tasks from %s", len(self.active), self.store.path)
+
+    def _active_from_row(self, row: dict) -> Active:
+        return Active(
+            id=row["id"], worker=row["worker"], priority=row["priority"], order=next(self._order),
+            status=row["status"], attempts=row["attempts"], function_hash=row["function_hash"],
+            kwargs=row["kwargs"], timeout_s=row["timeout_s"], max_retries=row["max_retries"],
+            retry_on_error=bool(row["retry_on_error"]), unavailable_timeout_s=row["unavailable_timeout_s"],
+            queued_at=row["queued_at"], not_before=row["not_before"], callback_url=row["callback_url"],
+            crashes=json.loads(row["crashes"]) if row.get("crashes") else [])
+
+    def add(self, rows: list[dict]) -> None:
+        """Queue tasks the store has just made durable."""
+        for row in rows:
+            self._track(self._active_from_row(row))
+        self._wake.set()
+
+    def _track(self, task: Active) -> None:
+        self.active[task.id] = task
+        if task.status == tasks.NOT_RUN_YET:
+            self._enqueue(task)
+
+    def _enqueue(self, task: Active) -> None:
+        if task.not_before and task.not_before > self.clock():
+            heapq.heappush(self.delayed, (task.not_before, task.order, task.id))
+        else:
+            heapq.heappush(self.ready.setdefault(task.worker, []), (-task.priority, task.order, task.id))
+
+    def queued(self, worker: str) -> int:
+        return sum(1 for t in self.active.values() if t.worker == worker and t.status == tasks.NOT_RUN_YET)
+
+    def in_flight(self, worker: str) -> int:
+        return sum(1 for t in self.active.values() if t.worker == worker and t.status == tasks.IN_FLIGHT)
+
+    # -- the loop ----------------------------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Dispatch whenever something changed, and tick at least once per heartbeat period."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.heartbeat_s / 2)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.tick(self.clock())
+                await self.pump()
+            except Exception:  # keep dispatching; the failure is logged with its traceback
+                log.exception("dispatch loop iteration failed")
+
+    async def pump(self) -> None:
+        """Lease ready tasks to the runners with the most free slots, highest priority first."""
+        if not self.accepting or self.broker is None:
+            return
+        for worker, heap in self.ready.items():
+            while heap:
+                runner = self.broker.best_runner(worker)
+                if runner is None:
+                    break
+                _, _, task_id = heapq.heappop(heap)
+                task = self.active.get(task_id)
+                if task is None or task.status != tasks.NOT_RUN_YET:
+                    continue  # cancelled or ended while queued
+                await self._dispatch(task, runner)
+
+    async def _dispatch(self, task: Active, runner) -> None:
+        body = await self._function_body(task.function_hash)
+        async with self._lock:
+            if self.active.get(task.id) is not task or task.status != tasks.NOT_RUN_YET:
+                return
+            now = self.clock()
+            try:
+                await self.store.transition(task.id, "dispatch", task.attempts, attempts=task.attempts + 1,
+                                            started_at=now, runner=runner.id, not_before=None)
+            except StaleTransition:
+                return
+            task.attempts += 1
+            task.status, task.runner, task.lease_deadline = tasks.IN_FLIGHT, runner.id, None
+            runner.leases.add((task.id, task.attempts))
+            self._log(task, "dispatch", runner=runner.id)
+            self._emit("dispatched", task, wait_s=now - task.queued_at)
+        await self.broker.send_task(runner, {
+            "task_id": task.id, "attempt": task.attempts, "function_hash": task.function_hash,
+            "kwargs": json.loads(task.kwargs), "timeout_s": task.timeout_s}, body)
+
+    async def _function_body(self, function_hash: str) -> bytes:
+        body = self.functions.get(function_hash)
+        if body is None:
+            body = await self.store.function_body(function_hash) or b""
+            self.functions[function_hash] = body
+            if len(self.functions) > FUNCTION_CACHE:
+                self.functions.popitem(last=False)
+        else:
+            self.functions.move_to_end(function_hash)
+        return body
+
+    async def tick(self, now: float) -> None:
+        """Time-driven work: due retries become ready, tasks with no runner expire, orphan leases end."""
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, task_id = heapq.heappop(self.delayed)
+            task = self.active.get(task_id)
+            if task is not None and task.status == tasks.NOT_RUN_YET:
+                heapq.heappush(self.ready.setdefault(task.worker, []), (-task.priority, task.order, task.id))
+                self._wake.set()
+        if self.broker is not None:
+            for worker in self.settings.workers:
+                if self.broker.live_runner_count(worker):
+                    self.no_runner_since.pop(worker, None)
+                else:
+                    self.no_runner_since.setdefault(worker, now)
+        for task in list(self.active.values()):
+            if task.status == tasks.NOT_RUN_YET and task.worker in self.no_runner_since:
+                waited_from = max(task.queued_at, self.no_runner_since[task.worker])
+                if now - waited_from >= task.unavailable_timeout_s:
+                    await self._expire(task, now - waited_from)
+            elif task.status == tasks.IN_FLIGHT and task.lease_deadline is not None and now >= task.lease_deadline:
+                async with self._lock:
+                    if task.status == tasks.IN_FLIGHT and task.lease_deadline is not None:
+                        await self._lost(task, "its runner did not come back after the supervisor restarted")
+
+    async def _expire(self, task: Active, waited: float) -> None:
+        async with self._lock:
+            if self.active.get(task.id) is not task or task.status != tasks.NOT_RUN_YET:
+                return
+            error = {"type": tasks.WORKER_UNAVAILABLE, "traceback": "",
+                     "message": f"no live runner of worker {task.worker!r} for {waited:.1f}s "
+                                f"(unavailable_timeout_s={task.unavailable_timeout_s:g}); start a runner "
+                                f"for it or raise unavailable_timeout_s"}
+            await self._end(task, "expire", error=json.dumps(error))
+
+    # -- what runners tell us ---------------------------------------------
+    async def on_result(self, runner, header: dict, blobs: list[bytes]) -> None:
+        """Record a RESULT if it belongs to the task's current attempt; acknowledge it either way."""
+        task_id, attempt = header.get("task_id"), header.get("attempt")
+        runner_id = runner.id if runner else header.get("runner_id")
+        async with self._lock:
+            if runner is not None:
+                runner.leases.discard((task_id, attempt))
+            task = self.active.get(task_id)
+            if task is None or task.status != tasks.IN_FLIGHT or task.attempts != attempt:
+                log.info("task %s attempt %s: dropping a stale %s result from runner %s",
+                         task_id, attempt, header.get("outcome"), runner_id)
+                self._emit("stale_result", None)
+            else:
+                await self._record(task, runner, header, blobs[0] if blobs else None)
+        if self.broker is not None:
+            await self.broker.send_ack(runner_id, task_id, attempt)
+        self._wake.set()
+
+    async def _record(self, task: Active, runner, header: dict, blob: bytes | None) -> None:
+        outcome = header.get("outcome")
+        now = self.clock()
+        common = {"finished_at": now, "run_s": header.get("run_s"), "logs": header.get("logs"),
+                  "logs_truncated": int(bool(header.get("logs_truncated")))}
+        if outcome == protocol.OK:
+            if runner is not None:
+                runner.tasks_done += 1
+            await self._end(task, "succeed", result=header.get("result_json", "null"),
+                            result_repr=header.get("result_repr"), result_dill=blob, **common)
+        elif outcome == protocol.REFUSED:
+            # the runner never started it: give the attempt back
+            await self._requeue(task, "refused by a stopping runner", delay=0.0, refund=True)
+        elif outcome == protocol.CANCELLED:
+            await self._end(task, "cancel_running", **common)
+        else:
+            if runner is not None:
+                runner.tasks_failed += 1
+            error = header.get("error") or {"type": "Error", "message": "no error details", "traceback": ""}
+            await self._failed(task, error, common, runner)
+
+    async def _failed(self, task: Active, error: dict, common: dict, runner) -> None:
+        kind = error.get("type")
+        if kind == protocol.PROCESS_DIED:
+            task.crashes.append({"attempt": task.attempts, "runner": runner.id if runner else None,
+                                 "at": self.clock(), "message": error.get("message"),
+                                 "exit_code": None})
+            if len(task.crashes) < self.settings.poison_crashes:
+                await self._requeue(task, f"its process crashed: {error.get('message')}",
+                                    crashes=json.dumps(task.crashes))
+                return
+            error = dict(error, message=f"{error.get('message')}; quarantined after {len(task.crashes)} crashes "
+                                        f"(poison_crashes={self.settings.poison_crashes})")
+            common["crashes"] = json.dumps(task.crashes)
+        elif (task.retry_on_error and kind != protocol.UNPICKLING and task.attempts <= task.max_retries):
+            await self._requeue(task, f"{kind}: {error.get('message')} (retry_on_error)")
+            return
+        await self._end(task, "fail", error=json.dumps(error), **common)
+
+    async def on_runner_ready(self, runner, running: list, unacked: list) -> None:
+        """A runner (re)registered: adopt the leases it still holds, cancel stale ones, requeue what it lost."""
+        claimed = {tuple(x) for x in running} | {tuple(x) for x in unacked}
+        async with self._lock:
+            for task_id, attempt in claimed:
+                task = self.active.get(task_id)
+                if task is not None and task.status == tasks.IN_FLIGHT and task.attempts == attempt:
+                    if task.runner != runner.id:
+                        log.info("task %s attempt %s: adopted by runner %s", task_id, attempt, runner.id)
+                    task.runner, task.lease_deadline = runner.id, None
+                    runner.leases.add((task_id, attempt))
+                elif [task_id, attempt] in running:
+                    runner.leases.add((task_id, attempt))  # busy until its cancel is confirmed
+                    await self.broker.send_cancel(runner, task_id, attempt)
+            for task in list(self.active.values()):
+                if (task.status == tasks.IN_FLIGHT and task.runner == runner.id
+                        and (task.id, task.attempts) not in claimed and task.lease_deadline is None):
+                    await self._lost(task, "its runner re-registered without it")
+        self._wake.set()
+
+    async def on_runner_lost(self, runner) -> None:
+        async with self._lock:
+            for task_id, attempt in list(runner.leases):
+                task = self.active.get(task_id)
+                if task is not None and task.status == tasks.IN_FLIGHT and task.attempts == attempt:
+                    await self._lost(task, f"runner {runner.id} was lost")
+            runner.leases.clear()
+        self._wake.set()
+
+    async def _lost(self, task: Active, why: str) -> None:
+        """The task's runner is gone: run it again, or fail it once retries are used up."""
+        self._emit("runner_lost_task", task)
+        if task.attempts > task.max_retries:
+            error = {"type": tasks.RUNNER_LOST, "traceback": "",
+                     "message": f"{why}; {task.attempts} attempts made (max_retries={task.max_retries})"}
+            await self._end(task, "fail", error=json.dumps(error), finished_at=self.clock())
+        else:
+            await self._requeue(task, why)
+
+    # -- transitions -------------------------------------------------------
+    async def _requeue(self, task: Active, why: str, delay: float | None = None, refund: bool = False,
+                       **fields) -> None:
+        now = self.clock()
+        if delay is None:
+            delay = min(self.settings.retry_backoff_s * 2 ** max(task.attempts - 1, 0),
+                        self.settings.retry_backoff_max_s)
+        attempts = task.attempts - 1 if refund else task.attempts
+        try:
+            await self.store.transition(task.id, "requeue", task.attempts, queued_at=now,
+                                        not_before=now + delay if delay else None, attempts=attempts, **fields)
+        except StaleTransition:
+            log.warning("task %s: requeue found the row changed; leaving it", task.id)
+            return
+        task.status, task.runner, task.attempts = tasks.NOT_RUN_YET, None, attempts
+        task.queued_at, task.not_before, task.lease_deadline = now, (now + delay if delay else None), None
+        self._enqueue(task)
+        self._log(task, "requeue", reason=why, delay_s=round(delay, 3))
+        self._emit("requeued", task)
+
+    async def _end(self, task: Active, event: str, **fields) -> None:
+        fields.setdefault("finished_at", self.clock())
+        try:
+            await self.store.transition(task.id, event, task.attempts, **fields)
+        except StaleTransition:
+            log.warning("task %s: %s found the row changed; leaving it", task.id, event)
+            return
+        task.status = tasks.TRANSITIONS[event][1]
+        del self.active[task.id]
+        reason = json.loads(fields["error"])["type"] if fields.get("error") else None
+        self._log(task, event, reason=reason)
+        self._emit("finished", task, status=task.status, error_type=reason)
+        waiter = self.waiters.pop(task.id, None)
+        if waiter is not None:
+            waiter.set()
+
+    async def cancel(self, task_id: str) -> str | None:
+        """Cancel a task that has not ended; returns its new status, or None if it had already ended."""
+        async with self._lock:
+            task = self.active.get(task_id)
+            if task is None:
+                return None
+            if task.status == tasks.NOT_RUN_YET:
+                await self._end(task, "cancel_queued")
+            else:
+                runner_id, attempt = task.runner, task.attempts
+                await self._end(task, "cancel_running")
+                runner = self.broker.runners.get(runner_id) if self.broker else None
+                if runner is not None:
+                    await self.broker.send_cancel(runner, task_id, attempt)
+            return task.status
+
+    async def wait_finished(self, task_id: str, timeout: float) -> None:
+        """Return when the task has ended or timeout seconds have passed."""
+        if task_id not in self.active or timeout <= 0:
+            return
+        event = self.waiters.setdefault(task_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def stop_dispatching(self) -> None:
+        self.accepting = False
+
+    def leased(self) -> int:
+        return sum(1 for t in self.active.values() if t.status == tasks.IN_FLIGHT)
+
+    # -- logging and events ------------------------------------------------
+    def _log(self, task: Active, event: str, **extra) -> None:
+        _, to_status = tasks.TRANSITIONS[event] if event in tasks.TRANSITIONS else (None, task.status)
+        details = " ".join(f"{k}={v}" for k, v in extra.items() if v is not None)
+        log.info("task %s attempt %d worker %s runner %s -> %s (%s) %s", task.id, task.attempts, task.worker,
+                 task.runner or "-", to_status, event, details,
+                 extra={"task_id": task.id, "attempt": task.attempts, "worker": task.worker,
+                        "runner": task.runner, "event": event, "status": to_status, **extra})
+
+    def _emit(self, name: str, task: Active | None, **data) -> None:
+        if self.events is not None:
+            self.events(name, task, **data)

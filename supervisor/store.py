@@ -1,0 +1,212 @@
+"""All SQL: tasks and content-addressed functions in one SQLite file (aiosqlite).
+
+One writer connection (every write transaction goes through `_write`) and one
+reader connection; WAL lets them work side by side. Payloads are opaque
+blobs: nothing here unpickles anything.
+"""
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import time
+from typing import Any, Iterable
+
+import aiosqlite
+
+from supervisor import tasks
+
+log = logging.getLogger("supervisor.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS functions (
+    hash TEXT PRIMARY KEY,          -- "sha256:<hex>" of body
+    body BLOB NOT NULL,
+    python TEXT,                    -- Pythons that could have made it, e.g. "3.6,3.7"; NULL if unknown
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY,        -- submission order (FIFO within a priority)
+    id TEXT NOT NULL UNIQUE,
+    worker TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    function_hash TEXT NOT NULL REFERENCES functions(hash),
+    kwargs TEXT NOT NULL,           -- JSON text
+    labels TEXT,                    -- JSON text
+    python TEXT,
+    timeout_s REAL,
+    max_retries INTEGER NOT NULL,
+    retry_on_error INTEGER NOT NULL,
+    unavailable_timeout_s REAL NOT NULL,
+    callback_url TEXT,
+    submitted_at REAL NOT NULL,
+    queued_at REAL NOT NULL,        -- when it last became NOT RUN YET
+    not_before REAL,                -- retry backoff: not dispatched before this time
+    started_at REAL,
+    finished_at REAL,
+    runner TEXT,
+    run_s REAL,
+    result TEXT,                    -- JSON text
+    result_repr TEXT,
+    result_dill BLOB,
+    error TEXT,                     -- JSON {type, message, traceback}
+    logs TEXT,
+    logs_truncated INTEGER NOT NULL DEFAULT 0,
+    crashes TEXT                    -- JSON list of {attempt, runner, at, message}
+);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status, seq);
+CREATE INDEX IF NOT EXISTS tasks_by_worker ON tasks(worker, seq);
+"""
+
+TASK_COLUMNS = (
+    "id", "worker", "status", "priority", "attempts", "function_hash", "kwargs", "labels", "python",
+    "timeout_s", "max_retries", "retry_on_error", "unavailable_timeout_s", "callback_url",
+    "submitted_at", "queued_at", "not_before",
+)
+SUMMARY_COLUMNS = "seq, id, worker, status, priority, attempts, labels, submitted_at, started_at, finished_at, runner"
+
+
+class StaleTransition(Exception):
+    """The row no longer has the expected status and attempt; nothing was changed."""
+
+
+class Store:
+    """The SQLite file behind every task and function."""
+
+    def __init__(self, path: str, synchronous: str = "NORMAL"):
+        self.path = path
+        self.synchronous = synchronous
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self.write_seconds: list[float] = []  # recent commit durations, drained by metrics
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in ("journal_mode=WAL", f"synchronous={self.synchronous}", "busy_timeout=5000",
+                       "foreign_keys=ON"):
+            await self._writer.execute(f"PRAGMA {pragma}")
+        await self._writer.executescript(SCHEMA)
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._reader.execute("PRAGMA busy_timeout=5000")
+        self._reader.row_factory = sqlite3.Row
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
+    async def _write(self, statements: Iterable[tuple[str, Any]]) -> list[int]:
+        """Run statements in one transaction; returns each one's rowcount."""
+        async with self._write_lock:
+            t0 = time.perf_counter()
+            db = self._writer
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                counts = []
+                for sql, params in statements:
+                    cur = await db.execute(sql, params)
+                    counts.append(cur.rowcount)
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            self.write_seconds.append(time.perf_counter() - t0)
+            del self.write_seconds[:-1000]
+            return counts
+
+    # -- functions ---------------------------------------------------------
+    @staticmethod
+    def _put_function_sql(function_hash: str, body: bytes, python: str | None):
+        return ("INSERT OR IGNORE INTO functions(hash, body, python, created_at) VALUES (?, ?, ?, ?)",
+                (function_hash, body, python, time.time()))
+
+    async def put_function(self, function_hash: str, body: bytes, python: str | None) -> bool:
+        """Store a function once per hash; True if it was new."""
+        (count,) = await self._write([self._put_function_sql(function_hash, body, python)])
+        return count == 1
+
+    async def function_info(self, function_hash: str) -> dict | None:
+        async with self._reader.execute("SELECT hash, python, length(body) AS size FROM functions WHERE hash=?",
+                                        (function_hash,)) as cur:
+            row = await cur.fetchone()
+        return dict(row) if row else None
+
+    async def function_body(self, function_hash: str) -> bytes | None:
+        async with self._reader.execute("SELECT body FROM functions WHERE hash=?", (function_hash,)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    # -- tasks -------------------------------------------------------------
+    async def insert_tasks(self, rows: list[dict], functions: list[tuple[str, bytes, str | None]]) -> None:
+        """Store new tasks (and any new functions) in one transaction: after this returns they are durable."""
+        statements = [self._put_function_sql(*f) for f in functions]
+        placeholders = ", ".join("?" for _ in TASK_COLUMNS)
+        sql = f"INSERT INTO tasks({', '.join(TASK_COLUMNS)}) VALUES ({placeholders})"
+        statements += [(sql, tuple(row[c] for c in TASK_COLUMNS)) for row in rows]
+        await self._write(statements)
+
+    async def transition(self, task_id: str, event: str, attempt: int, **fields) -> None:
+        """Apply one event of tasks.TRANSITIONS where the row still has its from-status and attempt.
+
+        Raises StaleTransition when it does not (the caller decides what a stale change means).
+        """
+        from_status, to_status = tasks.TRANSITIONS[event]
+        for key in ("error", "crashes"):
+            if key in fields and not isinstance(fields[key], (str, type(None))):
+                fields[key] = json.dumps(fields[key])
+        sets = ", ".join(["status=?"] + [f"{k}=?" for k in fields])
+        sql = f"UPDATE tasks SET {sets} WHERE id=? AND status=? AND attempts=?"
+        params = (to_status, *fields.values(), task_id, from_status, attempt)
+        (count,) = await self._write([(sql, params)])
+        if count != 1:
+            raise StaleTransition(f"task {task_id}: {event} needs {from_status!r} at attempt {attempt}")
+
+    async def get_task(self, task_id: str) -> dict | None:
+        async with self._reader.execute("SELECT * FROM tasks WHERE id=?", (task_id,)) as cur:
+            row = await cur.fetchone()
+        return dict(row) if row else None
+
+    async def get_status(self, task_id: str) -> str | None:
+        async with self._reader.execute("SELECT status FROM tasks WHERE id=?", (task_id,)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def list_tasks(self, status: str | None, worker: str | None, limit: int,
+                         before: str | None) -> list[dict]:
+        where, params = [], []
+        if status:
+            where.append("status=?")
+            params.append(status)
+        if worker:
+            where.append("worker=?")
+            params.append(worker)
+        if before:
+            where.append("seq < (SELECT seq FROM tasks WHERE id=?)")
+            params.append(before)
+        sql = f"SELECT {SUMMARY_COLUMNS} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        async with self._reader.execute(sql, (*params, limit)) as cur:
+            return [dict(r) for r in await cur.fetchall()]
+
+    async def task_exists(self, task_id: str) -> bool:
+        async with self._reader.execute("SELECT 1 FROM tasks WHERE id=?", (task_id,)) as cur:
+            return await cur.fetchone() is not None
+
+    async def active_tasks(self) -> list[dict]:
+        """Every task not yet ended, oldest first: what the dispatcher reloads after a restart."""
+        cols = ", ".join(("seq",) + TASK_COLUMNS + ("runner", "started_at", "crashes"))
+        sql = f"SELECT {cols} FROM tasks WHERE status IN (?, ?) ORDER BY seq"
+        async with self._reader.execute(sql, (tasks.NOT_RUN_YET, tasks.IN_FLIGHT)) as cur:
+            return [dict(r) for r in await cur.fetchall()]
