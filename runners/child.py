@@ -98,7 +98,9 @@ def run_task(cache, request):
     except BaseException as exc:  # SystemExit and KeyboardInterrupt are the task's failures too
         run_s = time.monotonic() - t0
         _restore_output(saved)
-        error = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
+        # skip this module's own frame: the traceback starts in the user's function
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
+        error = {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
         return {"outcome": protocol.ERROR, "error": error, "started_at": started, "run_s": run_s}, None
     run_s = time.monotonic() - t0
     _restore_output(saved)

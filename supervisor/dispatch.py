@@ -253,14 +253,14 @@ class Dispatcher:
             if runner is not None:
                 runner.tasks_failed += 1
             error = header.get("error") or {"type": "Error", "message": "no error details", "traceback": ""}
-            await self._failed(task, error, common, runner)
+            await self._failed(task, error, common, runner, header.get("exit_code"))
 
-    async def _failed(self, task: Active, error: dict, common: dict, runner) -> None:
+    async def _failed(self, task: Active, error: dict, common: dict, runner, exit_code=None) -> None:
         kind = error.get("type")
         if kind == protocol.PROCESS_DIED:
             task.crashes.append({"attempt": task.attempts, "runner": runner.id if runner else None,
                                  "at": self.clock(), "message": error.get("message"),
-                                 "exit_code": None})
+                                 "exit_code": exit_code})
             if len(task.crashes) < self.settings.poison_crashes:
                 await self._requeue(task, f"its process crashed: {error.get('message')}",
                                     crashes=json.dumps(task.crashes))
