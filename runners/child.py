@@ -32,6 +32,7 @@ def child_main(conn):
     _die_with_parent()
     os.setsid()  # own process group: a timeout or cancel kills whatever the task started too
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the runner, which decides
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked from the runner: drop its drain handler
     cache = {}
     while True:
         try:

@@ -124,8 +124,9 @@ class Runner(object):
         self.runner_id = "%s-%s-%d-%s" % (self.worker, self.host, os.getpid(), uuid.uuid4().hex[:6])
         self.ctx = zmq.Context.instance()
         self.sock = None
-        self.mp = multiprocessing.get_context("forkserver")
-        self.mp.set_forkserver_preload(["runners.child"])
+        # fork, not forkserver: the children are then the runner's own, so their exit status is exact
+        # (Python 3.6's forkserver reports 255 for any os._exit), and the child never touches ZeroMQ
+        self.mp = multiprocessing.get_context("fork")
         self.log_dir = tempfile.mkdtemp(prefix="runner-")
         self.slots = [Slot(i, self.mp, self.log_dir) for i in range(args.concurrency)]
         self.pending = collections.deque()         # TASKs received while every slot was busy

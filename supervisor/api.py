@@ -18,7 +18,11 @@ LIST_LIMIT_MAX = 1000
 BATCH_MAX = 10000
 
 # the app keys the routes need; set by supervisor.__main__
-SETTINGS, STORE, DISPATCHER, BROKER, STATE = "settings", "store", "dispatcher", "broker", "state"
+SETTINGS = web.AppKey("settings", object)
+STORE = web.AppKey("store", object)
+DISPATCHER = web.AppKey("dispatcher", object)
+BROKER = web.AppKey("broker", object)
+STATE = web.AppKey("state", dict)
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -119,12 +123,18 @@ def task_row(spec: TaskSpec, function_id: str, now: float) -> dict:
             "callback_url": spec.callback_url, "submitted_at": now, "queued_at": now, "not_before": None}
 
 
-async def accept(request: web.Request, specs: list[TaskSpec]) -> list[dict]:
+async def accept(request: web.Request, specs: list[TaskSpec], batch: bool = False) -> list[dict]:
     """Store the tasks durably (one transaction), then queue them; returns their rows."""
     rows, functions, seen = [], [], set()
     now = time.time()
-    for spec in specs:
-        fid, new_function = await resolve_function(request, spec)
+    for i, spec in enumerate(specs):
+        try:
+            fid, new_function = await resolve_function(request, spec)
+        except ApiError as exc:
+            reject(request, exc)
+            if not batch:
+                raise
+            raise ApiError(exc.status, exc.code, f"tasks[{i}]: {exc.message} (nothing was submitted)") from None
         if new_function and fid not in seen:
             seen.add(fid)
             functions.append(new_function)
@@ -216,10 +226,10 @@ async def submit(request: web.Request) -> web.Response:
     try:
         raw, function_bytes = await spec_source(request)
         spec = parse(request, raw, function_bytes)
-        (row,) = await accept(request, [spec])
     except ApiError as exc:
         reject(request, exc)
         raise
+    (row,) = await accept(request, [spec])
     return web.json_response({"task_id": row["id"], "status": row["status"], "worker": row["worker"],
                               "submitted_at": iso(row["submitted_at"])}, status=202)
 
@@ -240,7 +250,7 @@ async def submit_batch(request: web.Request) -> web.Response:
         except ApiError as exc:
             reject(request, exc)
             raise ApiError(exc.status, exc.code, f"tasks[{i}]: {exc.message} (nothing was submitted)") from None
-    rows = await accept(request, specs)
+    rows = await accept(request, specs, batch=True)
     return web.json_response({"task_ids": [r["id"] for r in rows], "status": tasks.NOT_RUN_YET}, status=202)
 
 

@@ -12,6 +12,7 @@ import heapq
 import itertools
 import json
 import logging
+import signal
 import time
 from collections import OrderedDict
 
@@ -44,6 +45,16 @@ class Active:
     runner: str | None = None      # the runner holding the lease
     lease_deadline: float | None = None  # only for leases inherited from a previous supervisor
     crashes: list = dataclasses.field(default_factory=list)
+
+
+def signal_name(exit_code) -> str | None:
+    """SIGSEGV for a process killed by signal 11 (exit code -11); None for a plain exit."""
+    if exit_code is None or exit_code >= 0:
+        return None
+    try:
+        return signal.Signals(-exit_code).name
+    except ValueError:
+        return f"signal {-exit_code}"
 
 
 class Dispatcher:
@@ -260,7 +271,7 @@ class Dispatcher:
         if kind == protocol.PROCESS_DIED:
             task.crashes.append({"attempt": task.attempts, "runner": runner.id if runner else None,
                                  "at": self.clock(), "message": error.get("message"),
-                                 "exit_code": exit_code})
+                                 "exit_code": exit_code, "signal": signal_name(exit_code)})
             if len(task.crashes) < self.settings.poison_crashes:
                 await self._requeue(task, f"its process crashed: {error.get('message')}",
                                     crashes=json.dumps(task.crashes))

@@ -8,7 +8,7 @@ SHARED_WORKERS = {
     "py36": {"python": "3.6", "interpreter": PYTHONS["py36"], "concurrency": 2},
     "py38": {"python": "3.8", "interpreter": PYTHONS["py38"], "concurrency": 2},
     # configured but never started: shows up with zero runners; its tasks wait, then expire
-    "py39": {"python": "3.9", "concurrency": 1},
+    "py38_gpu": {"python": "3.8", "concurrency": 1},
 }
 
 
