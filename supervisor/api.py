@@ -25,8 +25,17 @@ BROKER = web.AppKey("broker", object)
 STATE = web.AppKey("state", dict)
 
 
+def dumps_line(value) -> str:
+    """JSON text plus a newline, so curl output ends its line."""
+    return json.dumps(value) + "\n"
+
+
+def reply(body, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=dumps_line)
+
+
 def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+    return reply({"error": {"code": code, "message": message}}, status=status)
 
 
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -198,9 +207,9 @@ def task_view(rec: dict) -> dict:
 def result_response(rec: dict) -> web.Response:
     body = {"task_id": rec["id"], "status": rec["status"]}
     if not tasks.is_final(rec["status"]):
-        return web.json_response(body, status=202)
+        return reply(body, status=202)
     body.update(outcome_fields(rec))
-    return web.json_response(body)
+    return reply(body)
 
 
 async def result_for(request: web.Request, task_id: str, wait_s) -> web.Response:
@@ -230,7 +239,7 @@ async def submit(request: web.Request) -> web.Response:
         reject(request, exc)
         raise
     (row,) = await accept(request, [spec])
-    return web.json_response({"task_id": row["id"], "status": row["status"], "worker": row["worker"],
+    return reply({"task_id": row["id"], "status": row["status"], "worker": row["worker"],
                               "submitted_at": iso(row["submitted_at"])}, status=202)
 
 
@@ -251,7 +260,7 @@ async def submit_batch(request: web.Request) -> web.Response:
             reject(request, exc)
             raise ApiError(exc.status, exc.code, f"tasks[{i}]: {exc.message} (nothing was submitted)") from None
     rows = await accept(request, specs, batch=True)
-    return web.json_response({"task_ids": [r["id"] for r in rows], "status": tasks.NOT_RUN_YET}, status=202)
+    return reply({"task_ids": [r["id"] for r in rows], "status": tasks.NOT_RUN_YET}, status=202)
 
 
 @routes.post("/api/v1/tasks/status")
@@ -260,7 +269,7 @@ async def task_status(request: web.Request) -> web.Response:
     status = await request.app[STORE].get_status(task_id)
     if status is None:
         raise not_found(task_id)
-    return web.json_response({"task_id": task_id, "status": status})
+    return reply({"task_id": task_id, "status": status})
 
 
 @routes.post("/api/v1/tasks/result")
@@ -293,7 +302,7 @@ async def list_tasks(request: web.Request) -> web.Response:
               "submitted_at": iso(r["submitted_at"]), "started_at": iso(r["started_at"]),
               "finished_at": iso(r["finished_at"])} for r in rows]
     next_before = items[-1]["id"] if len(items) == limit else None
-    return web.json_response({"tasks": items, "next_before": next_before})
+    return reply({"tasks": items, "next_before": next_before})
 
 
 @routes.get("/api/v1/tasks/{task_id}")
@@ -301,7 +310,7 @@ async def get_task(request: web.Request) -> web.Response:
     rec = await request.app[STORE].get_task(request.match_info["task_id"])
     if rec is None:
         raise not_found(request.match_info["task_id"])
-    return web.json_response(task_view(rec))
+    return reply(task_view(rec))
 
 
 @routes.get("/api/v1/tasks/{task_id}/result")
@@ -314,7 +323,7 @@ async def get_task_logs(request: web.Request) -> web.Response:
     rec = await request.app[STORE].get_task(request.match_info["task_id"])
     if rec is None:
         raise not_found(request.match_info["task_id"])
-    return web.json_response({"task_id": rec["id"], "status": rec["status"], "logs": rec["logs"] or "",
+    return reply({"task_id": rec["id"], "status": rec["status"], "logs": rec["logs"] or "",
                               "truncated": bool(rec["logs_truncated"])})
 
 
@@ -328,7 +337,7 @@ async def cancel_task(request: web.Request) -> web.Response:
             raise not_found(task_id)
         raise ApiError(409, "already_ended", f"task {task_id} already ended with status {current}; "
                                              f"only NOT RUN YET or IN FLIGHT tasks can be cancelled")
-    return web.json_response({"task_id": task_id, "status": status})
+    return reply({"task_id": task_id, "status": status})
 
 
 def workers_view(app: web.Application) -> dict:
@@ -352,12 +361,12 @@ def workers_view(app: web.Application) -> dict:
 
 @routes.get("/api/v1/workers")
 async def list_workers(request: web.Request) -> web.Response:
-    return web.json_response(workers_view(request.app))
+    return reply(workers_view(request.app))
 
 
 @routes.post("/api/v1/workers/status")
 async def workers_status(request: web.Request) -> web.Response:
-    return web.json_response(workers_view(request.app))
+    return reply(workers_view(request.app))
 
 
 @routes.post("/api/v1/functions")
@@ -378,13 +387,13 @@ async def store_function(request: web.Request) -> web.Response:
     python = ",".join(made_by) if made_by else declared
     fid = function_id_of(body)
     created = await request.app[STORE].put_function(fid, body, python)
-    return web.json_response({"function_id": fid, "size": len(body), "python": python.split(",") if python else None,
+    return reply({"function_id": fid, "size": len(body), "python": python.split(",") if python else None,
                               "created": created}, status=201 if created else 200)
 
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return reply({"status": "ok"})
 
 
 @routes.get("/readyz")
@@ -393,10 +402,10 @@ async def readyz(request: web.Request) -> web.Response:
     endpoint = request.app[BROKER].endpoint
     draining = bool(request.app[STATE].get("draining"))
     ready = store_ok and endpoint is not None and not draining
-    return web.json_response({"ready": ready, "store": "open" if store_ok else "closed",
+    return reply({"ready": ready, "store": "open" if store_ok else "closed",
                               "zmq_endpoint": endpoint, "draining": draining}, status=200 if ready else 503)
 
 
 @routes.get("/api/v1/openapi.json")
 async def openapi_document(request: web.Request) -> web.Response:
-    return web.json_response(openapi.document(sorted(request.app[SETTINGS].workers)))
+    return reply(openapi.document(sorted(request.app[SETTINGS].workers)))
