@@ -14,7 +14,9 @@ from aiohttp import web
 
 from supervisor import api, config
 from supervisor.broker import Broker
+from supervisor.callbacks import Callbacks
 from supervisor.dispatch import Dispatcher
+from supervisor.events import Events
 from supervisor.spawner import Spawner
 from supervisor.store import Store
 
@@ -53,12 +55,17 @@ def build_app(settings, store, dispatcher, broker, state: dict) -> web.Applicati
 async def serve(settings: config.Settings) -> int:
     store = Store(settings.db_path, settings.sqlite_synchronous)
     await store.open()
+    events = Events()
     broker = Broker(settings)
-    dispatcher = Dispatcher(settings, store)
+    broker.events = events
+    dispatcher = Dispatcher(settings, store, events=events)
     dispatcher.attach(broker)
     await dispatcher.load()
     await broker.start(dispatcher)
-    state: dict = {}
+    callbacks = Callbacks(store)
+    events.subscribe(callbacks.on_event)
+    await callbacks.start()
+    state: dict = {"events": events}
     app = build_app(settings, store, dispatcher, broker, state)
     http = web.AppRunner(app, access_log=None, handle_signals=False)
     await http.setup()
@@ -67,6 +74,7 @@ async def serve(settings: config.Settings) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s (is another supervisor running? use --port)",
                   settings.host, settings.port, exc.strerror)
+        await callbacks.stop()
         await broker.stop()
         await store.close()
         return 1
@@ -76,6 +84,7 @@ async def serve(settings: config.Settings) -> int:
     except FileNotFoundError as exc:
         log.error("%s", exc)
         await http.cleanup()
+        await callbacks.stop()
         await broker.stop()
         await store.close()
         return 1
@@ -101,6 +110,7 @@ async def serve(settings: config.Settings) -> int:
     dispatching.cancel()
     await asyncio.gather(dispatching, return_exceptions=True)
     await http.cleanup()
+    await callbacks.stop()
     await broker.stop()
     await store.close()
     log.info("supervisor stopped")

@@ -1,6 +1,4 @@
 """HTTP routes: parse, validate, answer. No SQL and no sockets here."""
-import base64
-import datetime
 import json
 import logging
 import time
@@ -9,6 +7,7 @@ import uuid
 from aiohttp import web
 
 from supervisor import openapi, tasks
+from supervisor.views import iso, outcome_fields, summary_view, task_view
 from supervisor.specs import (ApiError, TaskSpec, check_python, decode_base64, form_to_raw, function_id_of,
                               parse_spec, pickle_pythons)
 
@@ -65,13 +64,6 @@ async def errors_as_json(request: web.Request, handler):
 
 
 # -- helpers ---------------------------------------------------------------
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
-
-
 async def json_body(request: web.Request) -> dict:
     text = await request.text()
     try:
@@ -172,38 +164,6 @@ def reject(request: web.Request, exc: ApiError) -> None:
         events("rejected", None, reason=exc.code)
 
 
-# -- views of a task -------------------------------------------------------
-def outcome_fields(rec: dict) -> dict:
-    if rec["status"] == tasks.DONE:
-        out = {"result": json.loads(rec["result"]) if rec["result"] is not None else None}
-        if rec["result_repr"] is not None:
-            out["result_repr"] = rec["result_repr"]
-            out["result_dill"] = base64.b64encode(rec["result_dill"]).decode() if rec["result_dill"] else None
-        return out
-    if rec["error"]:
-        return {"error": json.loads(rec["error"])}
-    return {}
-
-
-def task_view(rec: dict) -> dict:
-    started, finished, submitted = rec["started_at"], rec["finished_at"], rec["submitted_at"]
-    view = {
-        "id": rec["id"], "task_id": rec["id"], "worker": rec["worker"], "status": rec["status"],
-        "priority": rec["priority"], "attempts": rec["attempts"], "runner": rec["runner"],
-        "function_id": rec["function_hash"], "kwargs": json.loads(rec["kwargs"]),
-        "labels": json.loads(rec["labels"]) if rec["labels"] else {}, "python": rec["python"],
-        "timeout_s": rec["timeout_s"], "max_retries": rec["max_retries"],
-        "retry_on_error": bool(rec["retry_on_error"]), "unavailable_timeout_s": rec["unavailable_timeout_s"],
-        "callback_url": rec["callback_url"],
-        "submitted_at": iso(submitted), "started_at": iso(started), "finished_at": iso(finished),
-        "wait_s": round(started - submitted, 6) if started else None,
-        "run_s": rec["run_s"], "latency_s": round(finished - submitted, 6) if finished else None,
-        "crashes": json.loads(rec["crashes"]) if rec["crashes"] else [],
-    }
-    view.update(outcome_fields(rec))
-    return view
-
-
 def result_response(rec: dict) -> web.Response:
     body = {"task_id": rec["id"], "status": rec["status"]}
     if not tasks.is_final(rec["status"]):
@@ -296,11 +256,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     if before is not None and not await request.app[STORE].task_exists(before):
         raise ApiError(400, "invalid_field", f"before must be a task id from a previous page; {before!r} is unknown")
     rows = await request.app[STORE].list_tasks(status, worker, limit, before)
-    items = [{"id": r["id"], "worker": r["worker"], "status": r["status"], "priority": r["priority"],
-              "attempts": r["attempts"], "runner": r["runner"],
-              "labels": json.loads(r["labels"]) if r["labels"] else {},
-              "submitted_at": iso(r["submitted_at"]), "started_at": iso(r["started_at"]),
-              "finished_at": iso(r["finished_at"])} for r in rows]
+    items = [summary_view(r) for r in rows]
     next_before = items[-1]["id"] if len(items) == limit else None
     return reply({"tasks": items, "next_before": next_before})
 

@@ -54,10 +54,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     error TEXT,                     -- JSON {type, message, traceback}
     logs TEXT,
     logs_truncated INTEGER NOT NULL DEFAULT 0,
-    crashes TEXT                    -- JSON list of {attempt, runner, at, message}
+    crashes TEXT,                   -- JSON list of {attempt, runner, at, message, exit_code, signal}
+    callback_sent_at REAL,          -- when callback_url answered 2xx (NULL: not yet, or no callback)
+    callback_error TEXT             -- the last delivery error, once delivery gave up
 );
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status, seq);
 CREATE INDEX IF NOT EXISTS tasks_by_worker ON tasks(worker, seq);
+CREATE INDEX IF NOT EXISTS tasks_callback_pending ON tasks(seq)
+    WHERE callback_url IS NOT NULL AND callback_sent_at IS NULL AND callback_error IS NULL;
 """
 
 TASK_COLUMNS = (
@@ -199,6 +203,19 @@ class Store:
         sql += " ORDER BY seq DESC LIMIT ?"
         async with self._reader.execute(sql, (*params, limit)) as cur:
             return [dict(r) for r in await cur.fetchall()]
+
+    async def pending_callbacks(self) -> list[str]:
+        """Ended tasks whose callback has neither been delivered nor given up on."""
+        sql = ("SELECT id FROM tasks WHERE callback_url IS NOT NULL AND callback_sent_at IS NULL "
+               "AND callback_error IS NULL AND status NOT IN (?, ?) ORDER BY seq")
+        async with self._reader.execute(sql, (tasks.NOT_RUN_YET, tasks.IN_FLIGHT)) as cur:
+            return [r[0] for r in await cur.fetchall()]
+
+    async def mark_callback(self, task_id: str, error: str | None) -> None:
+        if error is None:
+            await self._write([("UPDATE tasks SET callback_sent_at=? WHERE id=?", (time.time(), task_id))])
+        else:
+            await self._write([("UPDATE tasks SET callback_error=? WHERE id=?", (error, task_id))])
 
     async def task_exists(self, task_id: str) -> bool:
         async with self._reader.execute("SELECT 1 FROM tasks WHERE id=?", (task_id,)) as cur:
