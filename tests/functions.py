@@ -20,4 +20,8 @@ SOURCES = {
     "pid_then_sleep": ("def run(path, s=60):\n    import os, time\n    with open(path + '.tmp', 'w') as f:\n"
                        "        f.write(str(os.getpid()))\n    os.rename(path + '.tmp', path)\n"
                        "    time.sleep(s)\n    return 'slept'\n"),
+    # sleeps, then returns the pid of the process that ran it: tells attempts apart
+    "slow_pid": "def run(s):\n    import os, time\n    time.sleep(s)\n    return os.getpid()\n",
+    # the chaos workload: a short random sleep, then the token it was given
+    "token": "def run(token, sleep_s=0.0):\n    import time\n    time.sleep(sleep_s)\n    return token\n",
 }
