@@ -7,7 +7,7 @@ PY38_PY := $(VENVS)/py38/bin/python
 SUPERVISOR_PYTHON ?= python3
 PORT ?= 8081
 
-.PHONY: setup run test test-fast clean
+.PHONY: setup run test chaos clean
 
 setup: $(VENVS)/supervisor/.ok $(VENVS)/py36/.ok $(VENVS)/py38/.ok
 
@@ -35,6 +35,12 @@ run: setup
 
 test: setup
 	$(SUP_PY) -m pytest -q tests
+
+# The long chaos run (issue: fault tolerance): 5000 tasks, 40 kill -9s, a network-cut round (needs root).
+chaos: setup
+	mkdir -p var
+	$(SUP_PY) -m tests.chaos.checker --tasks 5000 --runner-kills 20 --supervisor-kills 20 --netcut \
+	  --json var/chaos-latest.json
 
 clean:
 	rm -rf $(VENVS) var .pytest_cache

@@ -23,5 +23,6 @@ SOURCES = {
     # sleeps, then returns the pid of the process that ran it: tells attempts apart
     "slow_pid": "def run(s):\n    import os, time\n    time.sleep(s)\n    return os.getpid()\n",
     # the chaos workload: a short random sleep, then the token it was given
-    "token": "def run(token, sleep_s=0.0):\n    import time\n    time.sleep(sleep_s)\n    return token\n",
+    "token": ("def run(token, sleep_s=0.0, path=None):\n    import time\n    time.sleep(sleep_s)\n"
+              "    if path:\n        with open(path, 'a') as f:\n            f.write(token + '\\n')\n    return token\n"),
 }
