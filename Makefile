@@ -11,6 +11,14 @@ PORT ?= 8081
 
 setup: $(VENVS)/supervisor/.ok $(VENVS)/py36/.ok $(VENVS)/py38/.ok
 
+# Grafana's dashboard schema and TypeScript, for the dashboard type-check in `make test`.
+NODE_PINS := @grafana/schema@13.2.3 typescript@5.9.3
+$(VENVS)/node/.ok: Makefile
+	@command -v npm >/dev/null || { echo "error: npm is needed for the dashboard schema check (apt-get install npm)" >&2; exit 1; }
+	rm -rf $(VENVS)/node && mkdir -p $(VENVS)/node
+	npm install --silent --no-audit --no-fund --prefix $(VENVS)/node $(NODE_PINS)
+	touch $@
+
 $(VENVS)/supervisor/.ok: requirements.txt requirements-dev.txt
 	@$(SUPERVISOR_PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
 	  { echo "error: the supervisor needs Python 3.11+; set SUPERVISOR_PYTHON=/path/to/python3.11" >&2; exit 1; }
@@ -33,7 +41,7 @@ run: setup
 	mkdir -p var
 	$(SUP_PY) -m supervisor serve --port $(PORT) --db var/supervisor.db --spawn all
 
-test: setup
+test: setup $(VENVS)/node/.ok
 	$(SUP_PY) -m pytest -q tests
 
 # The long chaos run (issue: fault tolerance): 5000 tasks, 40 kill -9s, a network-cut round (needs root).

@@ -2,6 +2,9 @@
 import os
 import shutil
 import subprocess
+import time
+
+GPU_REFRESH_S = 10.0
 
 
 class ResourceProbe(object):
@@ -11,6 +14,7 @@ class ResourceProbe(object):
         self.disk_path = disk_path
         self._last_cpu = self._cpu_times()
         self._gpu_cmd = shutil.which("nvidia-smi")
+        self._gpu_cache, self._gpu_at = None, 0.0
 
     @staticmethod
     def _cpu_times():
@@ -51,8 +55,16 @@ class ResourceProbe(object):
             return None
 
     def _gpus(self):
+        """GPU figures from nvidia-smi, refreshed at most every GPU_REFRESH_S (it takes ~0.1 s to run)."""
         if not self._gpu_cmd:
             return []
+        now = time.monotonic()
+        if self._gpu_cache is not None and now - self._gpu_at < GPU_REFRESH_S:
+            return self._gpu_cache
+        self._gpu_cache, self._gpu_at = self._query_gpus(), now
+        return self._gpu_cache
+
+    def _query_gpus(self):
         try:
             out = subprocess.check_output(
                 [self._gpu_cmd, "--query-gpu=index,utilization.gpu,memory.used,memory.total",
@@ -63,7 +75,7 @@ class ResourceProbe(object):
         for line in out.strip().splitlines():
             parts = [p.strip() for p in line.split(",")]
             try:
-                gpus.append({"index": int(parts[0]), "util_percent": float(parts[1]),
+                gpus.append({"index": int(parts[0]), "utilization_percent": float(parts[1]),
                              "memory_used_bytes": int(float(parts[2]) * 2 ** 20),
                              "memory_total_bytes": int(float(parts[3]) * 2 ** 20)})
             except (ValueError, IndexError):

@@ -17,6 +17,7 @@ from supervisor.broker import Broker
 from supervisor.callbacks import Callbacks
 from supervisor.dispatch import Dispatcher
 from supervisor.events import Events
+from supervisor.metrics import Metrics
 from supervisor.spawner import Spawner
 from supervisor.store import Store
 
@@ -44,11 +45,14 @@ def setup_logging(fmt: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def build_app(settings, store, dispatcher, broker, state: dict) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[api.errors_as_json])
+def build_app(settings, store, dispatcher, broker, state: dict, metrics: Metrics | None = None) -> web.Application:
+    middlewares = ([metrics.middleware()] if metrics else []) + [api.errors_as_json]
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     app[api.SETTINGS], app[api.STORE], app[api.DISPATCHER], app[api.BROKER] = settings, store, dispatcher, broker
     app[api.STATE] = state
     app.add_routes(api.routes)
+    if metrics:
+        app.router.add_get("/metrics", metrics.handler)
     return app
 
 
@@ -56,17 +60,21 @@ async def serve(settings: config.Settings) -> int:
     store = Store(settings.db_path, settings.sqlite_synchronous)
     await store.open()
     events = Events()
+    metrics = Metrics(settings)
+    events.subscribe(metrics.on_event)
     broker = Broker(settings)
     broker.events = events
     dispatcher = Dispatcher(settings, store, events=events)
     dispatcher.attach(broker)
     await dispatcher.load()
     await broker.start(dispatcher)
+    metrics.attach(dispatcher, broker, store)
+    await metrics.load(store)
     callbacks = Callbacks(store)
     events.subscribe(callbacks.on_event)
     await callbacks.start()
     state: dict = {"events": events}
-    app = build_app(settings, store, dispatcher, broker, state)
+    app = build_app(settings, store, dispatcher, broker, state, metrics)
     http = web.AppRunner(app, access_log=None, handle_signals=False)
     await http.setup()
     try:

@@ -40,6 +40,7 @@ class Active:
     retry_on_error: bool
     unavailable_timeout_s: float
     queued_at: float
+    submitted_at: float = 0.0
     not_before: float | None = None
     callback_url: str | None = None
     runner: str | None = None      # the runner holding the lease
@@ -102,7 +103,7 @@ class Dispatcher:
             status=row["status"], attempts=row["attempts"], function_hash=row["function_hash"],
             kwargs=row["kwargs"], timeout_s=row["timeout_s"], max_retries=row["max_retries"],
             retry_on_error=bool(row["retry_on_error"]), unavailable_timeout_s=row["unavailable_timeout_s"],
-            queued_at=row["queued_at"], not_before=row["not_before"], callback_url=row["callback_url"],
+            queued_at=row["queued_at"], submitted_at=row["submitted_at"], not_before=row["not_before"], callback_url=row["callback_url"],
             crashes=json.loads(row["crashes"]) if row.get("crashes") else [])
 
     def add(self, rows: list[dict]) -> None:
@@ -127,6 +128,14 @@ class Dispatcher:
 
     def in_flight(self, worker: str) -> int:
         return sum(1 for t in self.active.values() if t.worker == worker and t.status == tasks.IN_FLIGHT)
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """{worker: (queued, in flight)} in one pass."""
+        out: dict[str, list[int]] = {}
+        for t in self.active.values():
+            pair = out.setdefault(t.worker, [0, 0])
+            pair[t.status == tasks.IN_FLIGHT] += 1
+        return {w: (q, f) for w, (q, f) in out.items()}
 
     # -- the loop ----------------------------------------------------------
     def wake(self) -> None:
@@ -354,7 +363,8 @@ class Dispatcher:
         del self.active[task.id]
         reason = json.loads(fields["error"])["type"] if fields.get("error") else None
         self._log(task, event, reason=reason)
-        self._emit("finished", task, status=task.status, error_type=reason)
+        self._emit("finished", task, status=task.status, error_type=reason, run_s=fields.get("run_s"),
+                   latency_s=fields["finished_at"] - task.submitted_at if task.submitted_at else None)
         waiter = self.waiters.pop(task.id, None)
         if waiter is not None:
             waiter.set()

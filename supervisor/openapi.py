@@ -86,6 +86,8 @@ def document(workers: list[str]) -> dict:
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "alive")}}},
             "/readyz": {"get": {"summary": "Readiness; names the ZeroMQ endpoint", "responses": {
                 "200": _json(_ref("Ready"), "ready"), "503": _json(_ref("Ready"), "not ready")}}},
+            "/metrics": {"get": {"summary": "Prometheus exposition (see docs/observability.md)", "responses": {
+                "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/api/v1/openapi.json": {"get": {"summary": "This document",
                                              "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}},
         },

@@ -85,7 +85,7 @@ class Store:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
-        self.write_seconds: list[float] = []  # recent commit durations, drained by metrics
+        self.on_write = None  # called with each write transaction's duration in seconds (metrics)
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -124,8 +124,8 @@ class Store:
             except BaseException:
                 await db.execute("ROLLBACK")
                 raise
-            self.write_seconds.append(time.perf_counter() - t0)
-            del self.write_seconds[:-1000]
+            if self.on_write is not None:
+                self.on_write(time.perf_counter() - t0)
             return counts
 
     # -- functions ---------------------------------------------------------
@@ -217,13 +217,23 @@ class Store:
         else:
             await self._write([("UPDATE tasks SET callback_error=? WHERE id=?", (error, task_id))])
 
+    async def counts(self) -> tuple[list[dict], list[dict]]:
+        """Tasks per (worker, status), and per FAILED error type: what metrics counters start from."""
+        async with self._reader.execute("SELECT worker, status, count(*) AS n FROM tasks GROUP BY worker, status") as cur:
+            by_status = [dict(r) for r in await cur.fetchall()]
+        sql = ("SELECT worker, json_extract(error, '$.type') AS error_type, count(*) AS n FROM tasks "
+               "WHERE status=? GROUP BY worker, error_type")
+        async with self._reader.execute(sql, (tasks.FAILED,)) as cur:
+            by_error = [dict(r) for r in await cur.fetchall()]
+        return by_status, by_error
+
     async def task_exists(self, task_id: str) -> bool:
         async with self._reader.execute("SELECT 1 FROM tasks WHERE id=?", (task_id,)) as cur:
             return await cur.fetchone() is not None
 
     async def active_tasks(self) -> list[dict]:
         """Every task not yet ended, oldest first: what the dispatcher reloads after a restart."""
-        cols = ", ".join(("seq",) + TASK_COLUMNS + ("runner", "started_at", "crashes"))
+        cols = ", ".join(("seq",) + TASK_COLUMNS + ("runner", "started_at", "crashes"))  # submitted_at included
         sql = f"SELECT {cols} FROM tasks WHERE status IN (?, ?) ORDER BY seq"
         async with self._reader.execute(sql, (tasks.NOT_RUN_YET, tasks.IN_FLIGHT)) as cur:
             return [dict(r) for r in await cur.fetchall()]
