@@ -99,6 +99,20 @@ class Slot(object):
         return task
 
 
+def load_curve(key_path, server_key_path):
+    """(public, secret, server public) for a CURVE link, or None for a plain one."""
+    if not key_path and not server_key_path:
+        return None
+    if not (key_path and server_key_path):
+        raise SystemExit("error: --curve-key and --curve-server-key go together")
+    import zmq.auth
+    public, secret = zmq.auth.load_certificate(key_path)
+    if not secret:
+        raise SystemExit("error: --curve-key %s holds no secret key (use the runner's .key_secret file)" % key_path)
+    server, _ = zmq.auth.load_certificate(server_key_path)
+    return public, secret, server
+
+
 def describe_exit(code):
     if code is None:
         return "the task's process vanished"
@@ -139,6 +153,9 @@ class Runner(object):
         self.idle_since = None
         self.last_heard = self.next_heartbeat = self.next_resend = 0.0
         self.reconnect_after = self.heartbeat_s * self.liveness
+        self.curve = load_curve(args.curve_key, args.curve_server_key)
+        self.health_file = args.health_file
+        self.health_at = 0.0
 
     # -- connection -------------------------------------------------------
     def connect(self):
@@ -147,6 +164,9 @@ class Runner(object):
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt_string(zmq.IDENTITY, self.runner_id)
+        if self.curve is not None:
+            public, secret, server = self.curve
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = public, secret, server
         self.sock.connect(self.endpoint)
         self.register()
         self.last_heard = time.monotonic()
@@ -183,6 +203,7 @@ class Runner(object):
             log.warning("dropping a malformed message: %s", exc)
             return
         self.reconnect_after = self.heartbeat_s * self.liveness
+        self.touch_health()
         if command == protocol.TASK:
             self.on_task(header, blobs[0] if blobs else b"")
         elif command == protocol.ACK:
@@ -194,6 +215,17 @@ class Runner(object):
             self.register()
         elif command == protocol.STOP:
             self.start_draining("the supervisor asked this runner to stop")
+
+    def touch_health(self):
+        """Mark the health file: the supervisor was heard from (at most once a second)."""
+        now = time.monotonic()
+        if self.health_file and now - self.health_at >= 1.0:
+            self.health_at = now
+            try:
+                with open(self.health_file, "a"):
+                    os.utime(self.health_file, None)
+            except OSError as exc:
+                log.warning("cannot touch health file %s: %s", self.health_file, exc)
 
     def on_task(self, header, function_bytes):
         key = (header.get("task_id"), header.get("attempt"))
@@ -369,6 +401,12 @@ def parse_args(argv):
     p.add_argument("--liveness", type=int, default=3, help="missed heartbeats before reconnecting; default 3")
     p.add_argument("--exit-when-orphaned", action="store_true",
                    help="drain and exit when the process that started this runner dies (used by local spawn)")
+    p.add_argument("--curve-key", default=os.environ.get("RUNNER_CURVE_KEY"),
+                   help="this runner's CURVE secret certificate (python -m supervisor keys); env RUNNER_CURVE_KEY")
+    p.add_argument("--curve-server-key", default=os.environ.get("RUNNER_CURVE_SERVER_KEY"),
+                   help="the supervisor's CURVE public certificate; env RUNNER_CURVE_SERVER_KEY")
+    p.add_argument("--health-file", default=os.environ.get("RUNNER_HEALTH_FILE"),
+                   help="touched whenever the supervisor is heard from (for container health checks)")
     p.add_argument("--log-level", default=os.environ.get("RUNNER_LOG_LEVEL", "INFO"))
     args = p.parse_args(argv)
     if args.concurrency < 1:

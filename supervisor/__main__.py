@@ -10,9 +10,10 @@ import signal
 import sys
 import time
 
+import zmq
 from aiohttp import web
 
-from supervisor import api, config
+from supervisor import api, config, keys
 from supervisor.broker import Broker
 from supervisor.callbacks import Callbacks
 from supervisor.dispatch import Dispatcher
@@ -46,7 +47,8 @@ def setup_logging(fmt: str) -> None:
 
 
 def build_app(settings, store, dispatcher, broker, state: dict, metrics: Metrics | None = None) -> web.Application:
-    middlewares = ([metrics.middleware()] if metrics else []) + [api.errors_as_json]
+    middlewares = (([metrics.middleware()] if metrics else []) + [api.errors_as_json]
+                   + [api.token_check(settings.tokens(), settings.metrics_auth)])
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
     app[api.SETTINGS], app[api.STORE], app[api.DISPATCHER], app[api.BROKER] = settings, store, dispatcher, broker
     app[api.STATE] = state
@@ -54,6 +56,17 @@ def build_app(settings, store, dispatcher, broker, state: dict, metrics: Metrics
     if metrics:
         app.router.add_get("/metrics", metrics.handler)
     return app
+
+
+def warn_if_open(settings: config.Settings, endpoint: str) -> None:
+    """Loud warnings when anyone on the network could submit code or pose as a runner."""
+    loopback = ("127.", "localhost", "::1")
+    if not settings.tokens() and not settings.host.startswith(loopback):
+        log.warning("!!! NO API TOKEN: the HTTP API on %s:%s accepts pickled code from anyone who can reach it. "
+                    "Set api_tokens / SUPERVISOR_API_TOKENS (see docs/deployment.md) !!!", settings.host, settings.port)
+    if not settings.curve_secret_key and "://127." not in endpoint and "://localhost" not in endpoint:
+        log.warning("!!! PLAIN ZeroMQ on %s: any process that can reach it may register as a runner. Set "
+                    "curve_secret_key and curve_authorized_keys (python -m supervisor keys) !!!", endpoint)
 
 
 async def serve(settings: config.Settings) -> int:
@@ -67,7 +80,12 @@ async def serve(settings: config.Settings) -> int:
     dispatcher = Dispatcher(settings, store, events=events)
     dispatcher.attach(broker)
     await dispatcher.load()
-    await broker.start(dispatcher)
+    try:
+        await broker.start(dispatcher)
+    except (RuntimeError, zmq.ZMQError) as exc:
+        log.error("cannot start the ZeroMQ side: %s", exc)
+        await store.close()
+        return 1
     metrics.attach(dispatcher, broker, store)
     await metrics.load(store)
     callbacks = Callbacks(store)
@@ -99,6 +117,7 @@ async def serve(settings: config.Settings) -> int:
     dispatching = asyncio.create_task(dispatcher.run(), name="dispatch")
     log.info("supervisor ready: http://%s:%s, runners connect to %s, database %s", settings.host, settings.port,
              broker.endpoint, store.path)
+    warn_if_open(settings, broker.endpoint)
 
     signals = asyncio.Queue()
     loop = asyncio.get_running_loop()
@@ -136,7 +155,13 @@ def main(argv=None) -> int:
     s.add_argument("--zmq-bind", help="ZeroMQ ROUTER endpoint (default tcp://127.0.0.1:5555)")
     s.add_argument("--spawn", help="local runners: all, none, or worker names like py36,py38 (default all)")
     s.add_argument("--log-format", choices=("text", "json"), help="log line format (default text)")
+    k = sub.add_parser("keys", help="generate ZeroMQ CURVE key pairs for the supervisor and its runners")
+    k.add_argument("--out", default="var/keys", help="directory to write them to (default var/keys)")
+    k.add_argument("--runners", default="py36,py38",
+                   help="names of the runner key pairs to make, comma-separated (default py36,py38)")
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        return keys.generate(args.out, [n.strip() for n in args.runners.split(",") if n.strip()])
     try:
         settings = config.load(args.config, host=args.host, port=args.port, db=args.db, zmq_bind=args.zmq_bind,
                                spawn=args.spawn, log_format=args.log_format)

@@ -1,4 +1,5 @@
 """HTTP routes: parse, validate, answer. No SQL and no sockets here."""
+import hmac
 import json
 import logging
 import time
@@ -61,6 +62,24 @@ async def errors_as_json(request: web.Request, handler):
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal_error", "the supervisor failed to handle this request; see its log")
+
+
+def token_check(tokens: frozenset[str], metrics_auth: bool):
+    """Middleware: with tokens configured, /api/v1 (and /metrics if metrics_auth) need a Bearer token."""
+    @web.middleware
+    async def require_token(request: web.Request, handler):
+        path = request.path
+        guarded = path.startswith("/api/v1") or (metrics_auth and path == "/metrics")
+        if tokens and guarded:
+            header = request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return error_response(401, "unauthorized", "this supervisor needs an API token: send "
+                                                           "'Authorization: Bearer <token>'")
+            if not any(hmac.compare_digest(token.strip().encode(), t.encode()) for t in tokens):
+                return error_response(403, "forbidden", "the API token is not valid for this supervisor")
+        return await handler(request)
+    return require_token
 
 
 # -- helpers ---------------------------------------------------------------

@@ -2,11 +2,14 @@
 import asyncio
 import dataclasses
 import logging
+import os
 import socket
 import time
 
 import zmq
 import zmq.asyncio
+import zmq.auth
+from zmq.auth.asyncio import AsyncioAuthenticator
 
 from runners import protocol
 
@@ -61,6 +64,7 @@ class Broker:
         self.endpoint = None
         self._tasks: list[asyncio.Task] = []
         self.events = None
+        self.auth = None
 
     async def start(self, dispatcher) -> None:
         self.dispatcher = dispatcher
@@ -68,6 +72,8 @@ class Broker:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a reconnecting runner takes its identity back
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # tell us when a runner is not connected
+        if self.settings.curve_secret_key:
+            self._start_curve()
         self.sock.bind(self.settings.zmq_bind)
         bound = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.endpoint = bound.replace("0.0.0.0", socket.gethostname())
@@ -75,12 +81,32 @@ class Broker:
         self._tasks = [asyncio.create_task(self._receive_loop(), name="broker-receive"),
                        asyncio.create_task(self._heartbeat_loop(), name="broker-heartbeat")]
 
+    def _start_curve(self) -> None:
+        """CURVE: encrypt every runner link and admit only runners whose public key is authorized."""
+        keys_dir = self.settings.path(self.settings.curve_authorized_keys)
+        try:
+            public, secret = zmq.auth.load_certificate(self.settings.path(self.settings.curve_secret_key))
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"cannot load curve_secret_key {self.settings.curve_secret_key}: {exc}") from None
+        if not secret:
+            raise RuntimeError(f"{self.settings.curve_secret_key} holds no secret key (use the .key_secret file)")
+        if not os.path.isdir(keys_dir):
+            raise RuntimeError(f"curve_authorized_keys {keys_dir} is not a directory of runner public keys")
+        self.auth = AsyncioAuthenticator(self.ctx)
+        self.auth.start()
+        self.auth.configure_curve(domain="*", location=keys_dir)
+        self.sock.curve_secretkey, self.sock.curve_publickey, self.sock.curve_server = secret, public, True
+        log.info("CURVE on: runners must hold a key listed in %s (%d keys)", keys_dir,
+                 len([f for f in os.listdir(keys_dir) if f.endswith(".key")]))
+
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.sock is not None:
             self.sock.close(0)
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
 
     # -- registry ----------------------------------------------------------

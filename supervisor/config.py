@@ -39,6 +39,13 @@ class Settings:
     poison_crashes: crashes of a task's own process after which it is quarantined FAILED (3).
     sqlite_synchronous: NORMAL survives process crashes (kill -9); FULL also power loss, slower.
     log_format: "text" or "json".
+    api_tokens: comma-separated bearer tokens; when any token is configured (here or in api_tokens_file),
+        every /api/v1 call needs "Authorization: Bearer <token>" (none by default).
+    api_tokens_file: a file with one token per line (# comments allowed).
+    metrics_auth: whether /metrics needs a token too (false: Prometheus scrapes without one).
+    curve_secret_key: the supervisor's ZeroMQ CURVE secret certificate (from `python -m supervisor keys`);
+        when set, runners must use CURVE and be listed in curve_authorized_keys.
+    curve_authorized_keys: a directory of the runners' public certificates (*.key).
     """
     workers: Mapping[str, WorkerSettings]
     host: str = "127.0.0.1"
@@ -58,6 +65,26 @@ class Settings:
     poison_crashes: int = 3
     sqlite_synchronous: str = "NORMAL"
     log_format: str = "text"
+    api_tokens: str = ""
+    api_tokens_file: str = ""
+    metrics_auth: bool = False
+    curve_secret_key: str = ""
+    curve_authorized_keys: str = ""
+
+    def path(self, value: str) -> str:
+        """A configured path, relative to the repository root unless absolute."""
+        return value if os.path.isabs(value) else os.path.join(ROOT, value)
+
+    def tokens(self) -> frozenset[str]:
+        """Every accepted API token (empty: the API is open)."""
+        found = {t.strip() for t in self.api_tokens.split(",") if t.strip()}
+        if self.api_tokens_file:
+            try:
+                with open(self.path(self.api_tokens_file)) as f:
+                    found |= {ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")}
+            except OSError as exc:
+                raise ConfigError(f"cannot read api_tokens_file {self.api_tokens_file}: {exc.strerror}") from None
+        return frozenset(found)
 
     @property
     def db_path(self) -> str:
@@ -124,4 +151,7 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None, **overri
     settings.spawn_workers()  # validates the spawn list early
     if settings.log_format not in ("text", "json"):
         raise ConfigError("log_format must be text or json")
+    settings.tokens()  # an unreadable token file is a start-up error, not a 500 later
+    if bool(settings.curve_secret_key) != bool(settings.curve_authorized_keys):
+        raise ConfigError("curve_secret_key and curve_authorized_keys go together: set both or neither")
     return settings

@@ -47,8 +47,9 @@ class Response:
 class Client:
     """A small synchronous HTTP client for the supervisor's API."""
 
-    def __init__(self, base: str):
+    def __init__(self, base: str, token: str | None = None):
         self.base = base
+        self.token = token
 
     def request(self, method: str, path: str, body=None, data: bytes | None = None,
                 content_type: str = "application/json", timeout: float = 60) -> Response:
@@ -57,6 +58,8 @@ class Client:
         req = urllib.request.Request(self.base + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", content_type)
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return Response(r.status, r.read(), r.headers)
@@ -143,7 +146,8 @@ class Supervisor:
         self.spawn = spawn
         self.log_path = os.path.join(self.dir, f"supervisor-{self.port}.log")
         self.proc = None
-        self.client = Client(f"http://127.0.0.1:{self.port}")
+        token = str(settings.get("api_tokens", "")).split(",")[0] or None
+        self.client = Client(f"http://127.0.0.1:{self.port}", token=token)
 
     def start(self, wait_runners=True, extra_args=()):
         log = open(self.log_path, "ab")

@@ -1,4 +1,5 @@
 """The runner code runs unchanged on Python 3.6 and 3.8, and pickles are classified without unpickling."""
+import os
 import subprocess
 
 import pytest
@@ -6,7 +7,8 @@ import pytest
 from runners import pickleinfo
 from tests.helpers import PYTHONS, REPO
 
-RUNNER_MODULES = ["runners.protocol", "runners.pickleinfo", "runners.child", "runners.resources", "runners.run"]
+RUNNER_MODULES = sorted("runners." + f[:-3] for f in os.listdir(os.path.join(REPO, "runners"))
+                        if f.endswith(".py") and f != "__init__.py")
 
 
 @pytest.mark.parametrize("worker", ["py36", "py38"])
@@ -18,6 +20,7 @@ def test_runner_code_compiles_and_imports_under_the_workers_python(worker):
     imported = subprocess.run([PYTHONS[worker], "-c", code], cwd=REPO, capture_output=True, text=True)
     assert imported.returncode == 0, imported.stderr
     assert imported.stdout.strip() == {"py36": "3.6", "py38": "3.8"}[worker]
+    assert {"runners.run", "runners.child", "runners.protocol", "runners.healthcheck"} <= set(RUNNER_MODULES)
 
 
 @pytest.mark.parametrize("worker", ["py36", "py38"])
