@@ -81,3 +81,42 @@ def test_with_curve_a_runner_with_a_wrong_or_no_key_gets_no_task_and_an_authoriz
                 if p is not None:
                     p.kill()
                     p.wait()
+
+
+class Booby:
+    """Unpickling this runs a shell command: the supervisor must never do it."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_the_supervisor_never_unpickles_a_payload(client, tmp_path):
+    import base64
+    import pickle
+    marker = tmp_path / "unpickled"
+    payload = base64.b64encode(pickle.dumps(Booby(marker), protocol=2)).decode()
+    # py38_gpu has no runner: only the supervisor ever sees these bytes
+    r = client.post("/api/v1/tasks", {"worker": "py38_gpu", "function": payload, "unavailable_timeout_s": 60})
+    assert r.status == 202
+    assert client.post("/api/v1/functions", {"function": payload}).status in (200, 201)
+    client.request("DELETE", f"/api/v1/tasks/{r.json()['task_id']}")
+    assert not marker.exists()
+
+
+def test_no_supervisor_module_calls_an_unpickler():
+    import ast
+    for folder in ("supervisor", "runners"):
+        for name in os.listdir(os.path.join(REPO, folder)):
+            if not name.endswith(".py") or (folder == "runners" and name != "pickleinfo.py"):
+                continue
+            tree = ast.parse(open(os.path.join(REPO, folder, name)).read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and node.attr in ("loads", "load", "Unpickler"):
+                    owner = getattr(node.value, "id", "")
+                    assert owner not in ("pickle", "dill", "cPickle", "_pickle"), f"{folder}/{name} calls {owner}.{node.attr}"
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
+                    assert "dill" not in names and "pickle" not in names, f"{folder}/{name} imports an unpickler"
