@@ -27,12 +27,16 @@ def _die_with_parent():
         pass
 
 
-def child_main(conn):
-    """Serve tasks from the runner over conn until it closes."""
+def child_main(conn, log_path):
+    """Serve tasks from the runner over conn until it closes; fds 1 and 2 write to the slot's log file."""
     _die_with_parent()
     os.setsid()  # own process group: a timeout or cancel kills whatever the task started too
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the runner, which decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked from the runner: drop its drain handler
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 1)  # C-level writes of the task land here too
+    os.dup2(fd, 2)
+    os.close(fd)
     cache = {}
     while True:
         try:
@@ -42,9 +46,15 @@ def child_main(conn):
         conn.send(run_task(cache, request))
 
 
+class NeedFunction(Exception):
+    """The runner sent no bytes for a function this child has not loaded (or has evicted)."""
+
+
 def _load(cache, function_hash, function_bytes):
     fn = cache.get(function_hash)
     if fn is None:
+        if function_bytes is None:
+            raise NeedFunction(function_hash)
         fn = dill.loads(function_bytes)
         if len(cache) >= FUNCTION_CACHE_SIZE:
             cache.pop(next(iter(cache)))
@@ -85,50 +95,43 @@ def _encode_value(value):
 
 def run_task(cache, request):
     """(reply header fields, result blob or None) for one task request."""
-    function_hash, function_bytes, kwargs, log_path = request
+    function_hash, function_bytes, kwargs = request
     started = time.time()
     try:
         fn = _load(cache, function_hash, function_bytes)
+    except NeedFunction:
+        return {"need_function": function_hash}, None
     except Exception as exc:
         return {"outcome": protocol.ERROR, "error": _unpickling_error(exc, function_bytes),
                 "started_at": started, "run_s": 0.0}, None
-    saved = _redirect_output(log_path)
+    _clear_output()
     t0 = time.monotonic()
     try:
         value = fn(**kwargs)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt are the task's failures too
         run_s = time.monotonic() - t0
-        _restore_output(saved)
+        _flush_output()
         # skip this module's own frame: the traceback starts in the user's function
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
         error = {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
         return {"outcome": protocol.ERROR, "error": error, "started_at": started, "run_s": run_s}, None
     run_s = time.monotonic() - t0
-    _restore_output(saved)
+    _flush_output()
     fields, blob = _encode_value(value)
     fields.update({"outcome": protocol.OK, "started_at": started, "run_s": run_s})
     return fields, blob
 
 
-def _redirect_output(log_path):
-    """Point fds 1 and 2 at the task's log file (C-level writes included)."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    saved = (os.dup(1), os.dup(2))
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    return saved
+def _clear_output():
+    """Empty the slot's log file before a task: fds 1 and 2 share one file offset, set back to 0."""
+    _flush_output()
+    os.ftruncate(1, 0)
+    os.lseek(1, 0, os.SEEK_SET)
 
 
-def _restore_output(saved):
+def _flush_output():
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:
             pass
-    os.dup2(saved[0], 1)
-    os.dup2(saved[1], 2)
-    os.close(saved[0])
-    os.close(saved[1])

@@ -11,6 +11,7 @@ import collections
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -39,12 +40,15 @@ class Slot(object):
         self.mp = mp
         self.log_path = os.path.join(log_dir, "slot-%d.log" % index)
         self.proc = self.conn = None
+        self.loaded = set()    # function hashes this slot's child has been sent
         self.task = None       # the TASK header being run
+        self.function_bytes = None
         self.deadline = None   # monotonic time the task must end by, or None
 
     def start(self):
         parent_conn, child_conn = self.mp.Pipe()
-        self.proc = self.mp.Process(target=child.child_main, args=(child_conn,), daemon=True)
+        self.loaded = set()
+        self.proc = self.mp.Process(target=child.child_main, args=(child_conn, self.log_path), daemon=True)
         self.proc.start()
         child_conn.close()
         self.conn = parent_conn
@@ -55,7 +59,14 @@ class Slot(object):
         self.task = header
         timeout = header.get("timeout_s")
         self.deadline = time.monotonic() + timeout if timeout else None
-        self.conn.send((header["function_hash"], function_bytes, header.get("kwargs") or {}, self.log_path))
+        self.function_bytes = function_bytes
+        fh = header["function_hash"]
+        # the child caches loaded functions: send the bytes only the first time (it asks again if it evicted one)
+        self.conn.send((fh, None if fh in self.loaded else function_bytes, header.get("kwargs") or {}))
+        self.loaded.add(fh)
+
+    def resend_function(self):
+        self.conn.send((self.task["function_hash"], self.function_bytes, self.task.get("kwargs") or {}))
 
     def kill(self):
         """SIGKILL the child and its process group; returns its exit code."""
@@ -81,6 +92,8 @@ class Slot(object):
 
     def read_logs(self):
         try:
+            if os.stat(self.log_path).st_size == 0:
+                return "", False
             with open(self.log_path, "rb") as f:
                 f.seek(0, os.SEEK_END)
                 size = f.tell()
@@ -91,11 +104,8 @@ class Slot(object):
         return data.decode("utf-8", "replace"), size > LOG_TAIL_BYTES
 
     def release(self):
-        task, self.task, self.deadline = self.task, None, None
-        try:
-            os.unlink(self.log_path)
-        except OSError:
-            pass
+        """The slot is free again (its log file is emptied by the child when the next task starts)."""
+        task, self.task, self.deadline, self.function_bytes = self.task, None, None, None
         return task
 
 
@@ -155,6 +165,7 @@ class Runner(object):
         self.reconnect_after = self.heartbeat_s * self.liveness
         self.curve = load_curve(args.curve_key, args.curve_server_key)
         self.health_file = args.health_file
+        self.prefetch = args.prefetch
         self.health_at = 0.0
 
     # -- connection -------------------------------------------------------
@@ -177,7 +188,7 @@ class Runner(object):
         self.send(protocol.READY, {
             "runner_id": self.runner_id, "worker": self.worker,
             "python": "%d.%d" % sys.version_info[:2], "python_full": sys.version.split()[0],
-            "host": self.host, "pid": os.getpid(), "slots": len(self.slots),
+            "host": self.host, "pid": os.getpid(), "slots": len(self.slots), "prefetch": self.prefetch,
             "running": running, "unacked": [list(k) for k in self.unacked], "draining": self.draining})
         self.resend_results()
 
@@ -247,7 +258,7 @@ class Runner(object):
             if slot.task is None:
                 header, function_bytes = self.pending.popleft()
                 slot.assign(header, function_bytes)
-                log.info("task %s attempt %s started in slot %d", header["task_id"], header["attempt"], slot.index)
+                log.debug("task %s attempt %s started in slot %d", header["task_id"], header["attempt"], slot.index)
 
     def on_cancel(self, task_id, attempt):
         for header, blob in list(self.pending):
@@ -266,6 +277,9 @@ class Runner(object):
     def on_child_readable(self, slot):
         try:
             fields, blob = slot.conn.recv()
+            if "need_function" in fields:
+                slot.resend_function()
+                return
         except (EOFError, OSError):
             code = slot.collect_death()
             fields, blob = {"outcome": protocol.ERROR, "exit_code": code, "error": {
@@ -295,7 +309,7 @@ class Runner(object):
             self.sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
             pass
-        log.info("task %s attempt %s ended: %s", header["task_id"], header["attempt"], fields["outcome"])
+        log.debug("task %s attempt %s ended: %s", header["task_id"], header["attempt"], fields["outcome"])
         self.start_pending()
 
     # -- housekeeping ------------------------------------------------------
@@ -386,10 +400,7 @@ class Runner(object):
                 slot.kill()
         if self.sock is not None:
             self.sock.close(0)
-        try:
-            os.rmdir(self.log_dir)
-        except OSError:
-            pass
+        shutil.rmtree(self.log_dir, ignore_errors=True)
 
 
 def parse_args(argv):
@@ -397,6 +408,9 @@ def parse_args(argv):
     p.add_argument("--worker", required=True, help="the worker this runner serves, e.g. py36")
     p.add_argument("--connect", required=True, help="the supervisor's ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555")
     p.add_argument("--concurrency", type=int, default=1, help="task slots (child processes); default 1")
+    p.add_argument("--prefetch", type=int, default=0,
+                   help="tasks to hold queued beyond the slots, so slots never wait for the next task (default 0: "
+                        "a task is only sent to a free slot, best for long tasks)")
     p.add_argument("--heartbeat-s", type=float, default=1.0, help="seconds between heartbeats; default 1")
     p.add_argument("--liveness", type=int, default=3, help="missed heartbeats before reconnecting; default 3")
     p.add_argument("--exit-when-orphaned", action="store_true",
@@ -411,6 +425,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.concurrency < 1:
         p.error("--concurrency must be at least 1")
+    if args.prefetch < 0:
+        p.error("--prefetch must be 0 or more")
     return args
 
 

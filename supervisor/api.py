@@ -15,6 +15,8 @@ from supervisor.specs import (ApiError, TaskSpec, check_python, decode_base64, f
 log = logging.getLogger("supervisor.api")
 routes = web.RouteTableDef()
 LIST_LIMIT_MAX = 1000
+PICKLE_PYTHONS: dict = {}  # function id -> what pickle_pythons() said (a bounded cache)
+MISSING = object()
 BATCH_MAX = 10000
 
 # the app keys the routes need; set by supervisor.__main__
@@ -122,9 +124,14 @@ async def resolve_function(request: web.Request, spec: TaskSpec) -> tuple[str, t
     settings = request.app[SETTINGS]
     worker_python = settings.workers[spec.worker].python
     if spec.function is not None:
-        made_by = pickle_pythons(spec.function)
-        check_python(spec.worker, worker_python, made_by, spec.python)
         fid = function_id_of(spec.function)
+        made_by = PICKLE_PYTHONS.get(fid, MISSING)
+        if made_by is MISSING:  # walk the opcodes once per distinct function
+            made_by = pickle_pythons(spec.function)
+            PICKLE_PYTHONS[fid] = made_by
+            if len(PICKLE_PYTHONS) > 4096:
+                PICKLE_PYTHONS.pop(next(iter(PICKLE_PYTHONS)))
+        check_python(spec.worker, worker_python, made_by, spec.python)
         return fid, (fid, spec.function, ",".join(made_by) if made_by else None)
     info = await request.app[STORE].function_info(spec.function_id)
     if info is None:
@@ -201,6 +208,9 @@ async def result_for(request: web.Request, task_id: str, wait_s) -> web.Response
         if not 0 <= wait_s <= settings.max_wait_s:
             raise ApiError(400, "invalid_field", f"wait_s must be between 0 and {settings.max_wait_s:g}")
         await request.app[DISPATCHER].wait_finished(task_id, wait_s)
+        rec = request.app[DISPATCHER].recent.get(task_id)  # just ended while we waited: no need to read it back
+        if rec is not None:
+            return result_response(rec)
     rec = await request.app[STORE].get_task(task_id)
     if rec is None:
         raise not_found(task_id)
@@ -325,7 +335,8 @@ def workers_view(app: web.Application) -> dict:
             if r.worker != name:
                 continue
             runners.append({"id": r.id, "host": r.host, "pid": r.pid, "python": r.python_full, "state": r.state,
-                            "draining": r.draining, "slots": r.slots, "busy_slots": len(r.leases),
+                            "draining": r.draining, "slots": r.slots, "prefetch": r.prefetch,
+                            "busy_slots": min(len(r.leases), r.slots), "leased": len(r.leases),
                             "heartbeat_age_s": round(now - r.last_seen, 3), "tasks_done": r.tasks_done,
                             "tasks_failed": r.tasks_failed, **r.resources})
         out.append({"name": name, "python": conf.python, "queued": dispatcher.queued(name),

@@ -15,6 +15,7 @@ from runners import protocol
 
 log = logging.getLogger("supervisor.broker")
 FORGET_LOST_AFTER_S = 300.0  # a lost runner stays listed (state "lost") this long
+RECEIVE_BATCH = 512          # messages taken off the socket at once
 
 
 @dataclasses.dataclass(eq=False)
@@ -37,12 +38,20 @@ class RunnerInfo:
     resources: dict = dataclasses.field(default_factory=dict)
     tasks_done: int = 0
     tasks_failed: int = 0
+    prefetch: int = 0       # tasks it accepts beyond its slots, queued on the runner (credit-based prefetch)
 
     @property
     def free_slots(self) -> int:
         if self.lost or self.draining:
             return 0
         return self.slots - len(self.leases)
+
+    @property
+    def credit(self) -> int:
+        """Tasks it may still be given: free slots plus the prefetch it asked for."""
+        if self.lost or self.draining:
+            return 0
+        return self.slots + self.prefetch - len(self.leases)
 
     @property
     def state(self) -> str:
@@ -120,7 +129,9 @@ class Broker:
         """The live runner of worker with the most free slots, or None if all are full."""
         best = None
         for r in self.runners.values():
-            if r.worker == worker and r.free_slots > 0 and (best is None or r.free_slots > best.free_slots):
+            # runners with a free slot first (most free first), then prefetch credit
+            if r.worker == worker and r.credit > 0 and (best is None or (r.free_slots, r.credit) >
+                                                          (best.free_slots, best.credit)):
                 best = r
         return best
 
@@ -150,28 +161,52 @@ class Broker:
 
     # -- receiving ---------------------------------------------------------
     async def _receive_loop(self) -> None:
+        """Handle messages in arrival order; RESULTs that arrived together are recorded in one commit."""
         while True:
-            frames = await self.sock.recv_multipart(copy=True)
-            try:
-                await self._handle(frames)
-            except Exception:
-                log.exception("handling a runner message failed")
+            batch = [await self.sock.recv_multipart(copy=True)]
+            while len(batch) < RECEIVE_BATCH:
+                try:
+                    batch.append(await self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=True))
+                except zmq.Again:
+                    break
+            results = []
+            for frames in batch:
+                try:
+                    decoded = self._decode(frames)
+                    if decoded is None:
+                        continue
+                    runner_id, runner, command, header, blobs = decoded
+                    if command == protocol.RESULT:
+                        results.append((runner if runner and not runner.lost else None,
+                                        dict(header, runner_id=runner_id), blobs))
+                        continue
+                    if results:
+                        await self.dispatcher.on_results(results)
+                        results = []
+                    await self._handle(runner_id, runner, command, header)
+                except Exception:
+                    log.exception("handling a runner message failed")
+            if results:
+                try:
+                    await self.dispatcher.on_results(results)
+                except Exception:
+                    log.exception("recording results failed")
 
-    async def _handle(self, frames: list[bytes]) -> None:
+    def _decode(self, frames: list[bytes]):
         runner_id = frames[0].decode("utf-8", "replace")
         try:
             command, header, blobs = protocol.decode(frames[1:])
         except protocol.ProtocolError as exc:
             log.warning("runner %s sent a malformed message: %s", runner_id, exc)
-            return
+            return None
         runner = self.runners.get(runner_id)
         if runner is not None and not runner.lost:
             runner.last_seen = self.clock()
+        return runner_id, runner, command, header, blobs
+
+    async def _handle(self, runner_id: str, runner, command: bytes, header: dict) -> None:
         if command == protocol.READY:
             await self._on_ready(runner_id, header)
-        elif command == protocol.RESULT:
-            await self.dispatcher.on_result(runner if runner and not runner.lost else None,
-                                            dict(header, runner_id=runner_id), blobs)
         elif command == protocol.HEARTBEAT:
             if runner is None or runner.lost:
                 await self._send(runner_id, protocol.DISCONNECT, {"reason": "unknown or lost runner"})
@@ -198,6 +233,7 @@ class Broker:
         runner = RunnerInfo(id=runner_id, worker=worker, python=python,
                             python_full=str(header.get("python_full", python)), host=str(header.get("host")),
                             pid=int(header.get("pid") or 0), slots=int(header.get("slots") or 1),
+                            prefetch=max(0, int(header.get("prefetch") or 0)),
                             joined_at=now, last_seen=now, draining=bool(header.get("draining")))
         if old is not None and not old.lost:
             runner.leases, runner.joined_at = old.leases, old.joined_at

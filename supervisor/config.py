@@ -19,6 +19,7 @@ class WorkerSettings:
     python: str            # "major.minor" the worker's runners must run; pickles are checked against it
     interpreter: str = ""  # for local spawn: the worker's Python, relative to the repository root
     concurrency: int = 1   # slots per locally spawned runner
+    prefetch: int = 0      # tasks a spawned runner holds queued beyond its slots (0: only free slots get tasks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +145,8 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None, **overri
             raise ConfigError(f"[workers.{name}] needs at least python = \"major.minor\"")
         workers[name] = WorkerSettings(name=name, python=str(spec["python"]),
                                        interpreter=str(spec.get("interpreter", "")),
-                                       concurrency=int(spec.get("concurrency", 1)))
+                                       concurrency=int(spec.get("concurrency", 1)),
+                                       prefetch=int(spec.get("prefetch", 0)))
     if not workers:
         raise ConfigError(f"config file {path} defines no [workers.NAME] table")
     settings = Settings(workers=workers, **values)

@@ -18,10 +18,12 @@ from collections import OrderedDict
 
 from runners import protocol
 from supervisor import tasks
-from supervisor.store import StaleTransition, Store
+from supervisor.store import Store
 
 log = logging.getLogger("supervisor.dispatch")
 FUNCTION_CACHE = 256  # function bodies kept in memory for dispatch
+RECENT_RESULTS = 1024  # outcomes kept in memory for long-polls that were waiting when their task ended
+TICK_S = 0.1          # how often time-driven work (backoff, WorkerUnavailable, orphan leases) runs
 
 
 @dataclasses.dataclass(eq=False)
@@ -46,6 +48,7 @@ class Active:
     runner: str | None = None      # the runner holding the lease
     lease_deadline: float | None = None  # only for leases inherited from a previous supervisor
     crashes: list = dataclasses.field(default_factory=list)
+    planned: bool = False          # a transition for it is waiting in the current plan
 
 
 def signal_name(exit_code) -> str | None:
@@ -56,6 +59,18 @@ def signal_name(exit_code) -> str | None:
         return signal.Signals(-exit_code).name
     except ValueError:
         return f"signal {-exit_code}"
+
+
+class Plan:
+    """Transitions to commit in one transaction, each with what to do once it has (or has not) applied."""
+
+    def __init__(self):
+        self.items: list[tuple[Active, str, dict, object, object]] = []
+        self.after: list = []  # coroutines to await once everything is committed (TASK, ACK, CANCEL sends)
+
+    def add(self, task: Active, event: str, fields: dict, applied, stale=None) -> None:
+        task.planned = True
+        self.items.append((task, event, fields, applied, stale))
 
 
 class Dispatcher:
@@ -71,7 +86,10 @@ class Dispatcher:
         self.ready: dict[str, list] = {w: [] for w in settings.workers}  # heaps of (-priority, order, id)
         self.delayed: list = []       # heap of (not_before, order, id)
         self.no_runner_since: dict[str, float] = {}
+        self.orphan_leases = 0        # IN FLIGHT tasks inherited from a previous supervisor, not yet claimed
+        self.next_tick = 0.0
         self.waiters: dict[str, asyncio.Event] = {}
+        self.recent: OrderedDict[str, dict] = OrderedDict()  # outcome of recently ended tasks (long-poll replies)
         self.functions: OrderedDict[str, bytes] = OrderedDict()
         self.accepting = True         # False while draining: nothing new is dispatched
         self._order = itertools.count()
@@ -94,6 +112,7 @@ class Dispatcher:
             if task.status == tasks.IN_FLIGHT:
                 task.runner = row["runner"]
                 task.lease_deadline = now + grace  # its runner has this long to reconnect and claim it
+                self.orphan_leases += 1
             self._track(task)
         log.info("loaded %d unfinished tasks from %s", len(self.active), self.store.path)
 
@@ -103,7 +122,8 @@ class Dispatcher:
             status=row["status"], attempts=row["attempts"], function_hash=row["function_hash"],
             kwargs=row["kwargs"], timeout_s=row["timeout_s"], max_retries=row["max_retries"],
             retry_on_error=bool(row["retry_on_error"]), unavailable_timeout_s=row["unavailable_timeout_s"],
-            queued_at=row["queued_at"], submitted_at=row["submitted_at"], not_before=row["not_before"], callback_url=row["callback_url"],
+            queued_at=row["queued_at"], submitted_at=row["submitted_at"], not_before=row["not_before"],
+            callback_url=row["callback_url"],
             crashes=json.loads(row["crashes"]) if row.get("crashes") else [])
 
     def add(self, rows: list[dict]) -> None:
@@ -142,53 +162,82 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
-        """Dispatch whenever something changed, and tick at least once per heartbeat period."""
+        """Dispatch whenever something changed; do the time-driven work a few times a second."""
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.heartbeat_s / 2)
+                await asyncio.wait_for(self._wake.wait(), TICK_S)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
             try:
-                await self.tick(self.clock())
+                now = self.clock()
+                if now >= self.next_tick:
+                    self.next_tick = now + TICK_S
+                    await self.tick(now)
                 await self.pump()
             except Exception:  # keep dispatching; the failure is logged with its traceback
                 log.exception("dispatch loop iteration failed")
 
+    async def _commit(self, plan: Plan) -> None:
+        """Commit every planned transition in one transaction, then apply each in memory (caller holds the lock)."""
+        if plan.items:
+            items, plan.items = plan.items, []
+            applied = await self.store.transitions([(t.id, event, t.attempts, fields) for t, event, fields, _, _ in items])
+            for (task, event, _, on_applied, on_stale), ok in zip(items, applied):
+                task.planned = False
+                if ok:
+                    on_applied()
+                else:
+                    log.warning("task %s: %s found the row changed; leaving it", task.id, event)
+                    if on_stale is not None:
+                        on_stale()
+
+    async def _after(self, plan: Plan) -> None:
+        """What waits for the commit: messages to runners."""
+        for send in plan.after:
+            await send
+        plan.after = []
+
     async def pump(self) -> None:
-        """Lease ready tasks to the runners with the most free slots, highest priority first."""
+        """Lease ready tasks to the runners with the most free slots, highest priority first; one commit."""
         if not self.accepting or self.broker is None:
             return
-        for worker, heap in self.ready.items():
-            while heap:
-                runner = self.broker.best_runner(worker)
-                if runner is None:
-                    break
-                _, _, task_id = heapq.heappop(heap)
-                task = self.active.get(task_id)
-                if task is None or task.status != tasks.NOT_RUN_YET:
-                    continue  # cancelled or ended while queued
-                await self._dispatch(task, runner)
-
-    async def _dispatch(self, task: Active, runner) -> None:
-        body = await self._function_body(task.function_hash)
+        plan = Plan()
         async with self._lock:
-            if self.active.get(task.id) is not task or task.status != tasks.NOT_RUN_YET:
-                return
             now = self.clock()
-            try:
-                await self.store.transition(task.id, "dispatch", task.attempts, attempts=task.attempts + 1,
-                                            started_at=now, runner=runner.id, not_before=None)
-            except StaleTransition:
-                return
-            task.attempts += 1
+            for worker, heap in self.ready.items():
+                while heap:
+                    runner = self.broker.best_runner(worker)
+                    if runner is None:
+                        break
+                    _, _, task_id = heapq.heappop(heap)
+                    task = self.active.get(task_id)
+                    if task is None or task.status != tasks.NOT_RUN_YET or task.planned:
+                        continue  # cancelled or ended while queued
+                    body = await self._function_body(task.function_hash)
+                    self._plan_dispatch(plan, task, runner, body, now)
+            await self._commit(plan)
+        await self._after(plan)
+
+    def _plan_dispatch(self, plan: Plan, task: Active, runner, body: bytes, now: float) -> None:
+        attempt = task.attempts + 1
+        lease = (task.id, attempt)
+        runner.leases.add(lease)  # reserve the slot now so the next pick sees it taken
+
+        def applied():
+            task.attempts = attempt
             task.status, task.runner, task.lease_deadline = tasks.IN_FLIGHT, runner.id, None
-            runner.leases.add((task.id, task.attempts))
             self._log(task, "dispatch", runner=runner.id)
             self._emit("dispatched", task, wait_s=now - task.queued_at)
-        await self.broker.send_task(runner, {
-            "task_id": task.id, "attempt": task.attempts, "function_hash": task.function_hash,
-            "kwargs": json.loads(task.kwargs), "timeout_s": task.timeout_s}, body)
+            plan.after.append(self.broker.send_task(runner, {
+                "task_id": task.id, "attempt": attempt, "function_hash": task.function_hash,
+                "kwargs": json.loads(task.kwargs), "timeout_s": task.timeout_s}, body))
+
+        def stale():
+            runner.leases.discard(lease)
+
+        plan.add(task, "dispatch", {"attempts": attempt, "started_at": now, "runner": runner.id, "not_before": None},
+                 applied, stale)
 
     async def _function_body(self, function_hash: str) -> bytes:
         body = self.functions.get(function_hash)
@@ -215,175 +264,217 @@ class Dispatcher:
                     self.no_runner_since.pop(worker, None)
                 else:
                     self.no_runner_since.setdefault(worker, now)
-        for task in list(self.active.values()):
-            if task.status == tasks.NOT_RUN_YET and task.worker in self.no_runner_since:
-                waited_from = max(task.queued_at, self.no_runner_since[task.worker])
-                if now - waited_from >= task.unavailable_timeout_s:
-                    await self._expire(task, now - waited_from)
-            elif task.status == tasks.IN_FLIGHT and task.lease_deadline is not None and now >= task.lease_deadline:
-                async with self._lock:
-                    if task.status == tasks.IN_FLIGHT and task.lease_deadline is not None:
-                        await self._lost(task, "its runner did not come back after the supervisor restarted")
-
-    async def _expire(self, task: Active, waited: float) -> None:
+        if not self.no_runner_since and not self.orphan_leases:
+            return
+        plan = Plan()
         async with self._lock:
-            if self.active.get(task.id) is not task or task.status != tasks.NOT_RUN_YET:
-                return
-            error = {"type": tasks.WORKER_UNAVAILABLE, "traceback": "",
-                     "message": f"no live runner of worker {task.worker!r} for {waited:.1f}s "
-                                f"(unavailable_timeout_s={task.unavailable_timeout_s:g}); start a runner "
-                                f"for it or raise unavailable_timeout_s"}
-            await self._end(task, "expire", error=json.dumps(error))
+            for worker, since in self.no_runner_since.items():
+                for task in self._queued_of(worker):
+                    waited_from = max(task.queued_at, since)
+                    if now - waited_from >= task.unavailable_timeout_s:
+                        self._plan_expire(plan, task, now - waited_from)
+            if self.orphan_leases:
+                for task in list(self.active.values()):
+                    if (task.status == tasks.IN_FLIGHT and task.lease_deadline is not None
+                            and now >= task.lease_deadline and not task.planned):
+                        self.orphan_leases -= 1
+                        task.lease_deadline = None
+                        self._lost(plan, task, "its runner did not come back after the supervisor restarted")
+            await self._commit(plan)
+        await self._after(plan)
+
+    def _queued_of(self, worker: str):
+        """The NOT RUN YET tasks of a worker (ready or waiting for their backoff)."""
+        seen = set()
+        for _, _, task_id in list(self.ready.get(worker, ())) + [e for e in self.delayed]:
+            task = self.active.get(task_id)
+            if (task is not None and task.worker == worker and task.status == tasks.NOT_RUN_YET
+                    and not task.planned and task_id not in seen):
+                seen.add(task_id)
+                yield task
+
+    def _plan_expire(self, plan: Plan, task: Active, waited: float) -> None:
+        error = {"type": tasks.WORKER_UNAVAILABLE, "traceback": "",
+                 "message": f"no live runner of worker {task.worker!r} for {waited:.1f}s "
+                            f"(unavailable_timeout_s={task.unavailable_timeout_s:g}); start a runner "
+                            f"for it or raise unavailable_timeout_s"}
+        self._end(plan, task, "expire", error=json.dumps(error))
 
     # -- what runners tell us ---------------------------------------------
     async def on_result(self, runner, header: dict, blobs: list[bytes]) -> None:
-        """Record a RESULT if it belongs to the task's current attempt; acknowledge it either way."""
-        task_id, attempt = header.get("task_id"), header.get("attempt")
-        runner_id = runner.id if runner else header.get("runner_id")
+        await self.on_results([(runner, header, blobs)])
+
+    async def on_results(self, results: list[tuple]) -> None:
+        """Record RESULTs that belong to their task's current attempt (one commit); acknowledge every one."""
+        plan = Plan()
+        acks = []
         async with self._lock:
-            if runner is not None:
-                runner.leases.discard((task_id, attempt))
-            task = self.active.get(task_id)
-            if task is None or task.status != tasks.IN_FLIGHT or task.attempts != attempt:
-                log.info("task %s attempt %s: dropping a stale %s result from runner %s",
-                         task_id, attempt, header.get("outcome"), runner_id)
-                self._emit("stale_result", None)
-            else:
-                await self._record(task, runner, header, blobs[0] if blobs else None)
+            for runner, header, blobs in results:
+                task_id, attempt = header.get("task_id"), header.get("attempt")
+                runner_id = runner.id if runner else header.get("runner_id")
+                acks.append((runner_id, task_id, attempt))
+                if runner is not None:
+                    runner.leases.discard((task_id, attempt))
+                task = self.active.get(task_id)
+                if task is None or task.status != tasks.IN_FLIGHT or task.attempts != attempt or task.planned:
+                    log.info("task %s attempt %s: dropping a stale %s result from runner %s",
+                             task_id, attempt, header.get("outcome"), runner_id)
+                    self._emit("stale_result", None)
+                else:
+                    self._record(plan, task, runner, header, blobs[0] if blobs else None)
+            await self._commit(plan)
+        await self._after(plan)
         if self.broker is not None:
-            await self.broker.send_ack(runner_id, task_id, attempt)
+            for runner_id, task_id, attempt in acks:
+                await self.broker.send_ack(runner_id, task_id, attempt)
         self._wake.set()
 
-    async def _record(self, task: Active, runner, header: dict, blob: bytes | None) -> None:
+    def _record(self, plan: Plan, task: Active, runner, header: dict, blob: bytes | None) -> None:
         outcome = header.get("outcome")
         now = self.clock()
         common = {"finished_at": now, "run_s": header.get("run_s"), "logs": header.get("logs"),
                   "logs_truncated": int(bool(header.get("logs_truncated")))}
+        if header.get("started_at"):  # when the child really started it (the runner may have queued it)
+            common["started_at"] = header["started_at"]
         if outcome == protocol.OK:
             if runner is not None:
                 runner.tasks_done += 1
-            await self._end(task, "succeed", result=header.get("result_json", "null"),
-                            result_repr=header.get("result_repr"), result_dill=blob, **common)
+            self._end(plan, task, "succeed", result=header.get("result_json", "null"),
+                      result_repr=header.get("result_repr"), result_dill=blob, **common)
         elif outcome == protocol.REFUSED:
             # the runner never started it: give the attempt back
-            await self._requeue(task, "refused by a stopping runner", delay=0.0, refund=True)
+            self._requeue(plan, task, "refused by a stopping runner", delay=0.0, refund=True)
         elif outcome == protocol.CANCELLED:
-            await self._end(task, "cancel_running", **common)
+            self._end(plan, task, "cancel_running", **common)
         else:
             if runner is not None:
                 runner.tasks_failed += 1
             error = header.get("error") or {"type": "Error", "message": "no error details", "traceback": ""}
-            await self._failed(task, error, common, runner, header.get("exit_code"))
+            self._failed(plan, task, error, common, runner, header.get("exit_code"))
 
-    async def _failed(self, task: Active, error: dict, common: dict, runner, exit_code=None) -> None:
+    def _failed(self, plan: Plan, task: Active, error: dict, common: dict, runner, exit_code=None) -> None:
         kind = error.get("type")
         if kind == protocol.PROCESS_DIED:
-            task.crashes.append({"attempt": task.attempts, "runner": runner.id if runner else None,
-                                 "at": self.clock(), "message": error.get("message"),
-                                 "exit_code": exit_code, "signal": signal_name(exit_code)})
-            if len(task.crashes) < self.settings.poison_crashes:
-                await self._requeue(task, f"its process crashed: {error.get('message')}",
-                                    crashes=json.dumps(task.crashes))
+            crashes = task.crashes + [{"attempt": task.attempts, "runner": runner.id if runner else None,
+                                       "at": self.clock(), "message": error.get("message"),
+                                       "exit_code": exit_code, "signal": signal_name(exit_code)}]
+            task.crashes = crashes
+            if len(crashes) < self.settings.poison_crashes:
+                self._requeue(plan, task, f"its process crashed: {error.get('message')}", crashes=json.dumps(crashes))
                 return
-            error = dict(error, message=f"{error.get('message')}; quarantined after {len(task.crashes)} crashes "
+            error = dict(error, message=f"{error.get('message')}; quarantined after {len(crashes)} crashes "
                                         f"(poison_crashes={self.settings.poison_crashes})")
-            common["crashes"] = json.dumps(task.crashes)
-        elif (task.retry_on_error and kind != protocol.UNPICKLING and task.attempts <= task.max_retries):
-            await self._requeue(task, f"{kind}: {error.get('message')} (retry_on_error)")
+            common["crashes"] = json.dumps(crashes)
+        elif task.retry_on_error and kind != protocol.UNPICKLING and task.attempts <= task.max_retries:
+            self._requeue(plan, task, f"{kind}: {error.get('message')} (retry_on_error)")
             return
-        await self._end(task, "fail", error=json.dumps(error), **common)
+        self._end(plan, task, "fail", error=json.dumps(error), **common)
 
     async def on_runner_ready(self, runner, running: list, unacked: list) -> None:
         """A runner (re)registered: adopt the leases it still holds, cancel stale ones, requeue what it lost."""
         claimed = {tuple(x) for x in running} | {tuple(x) for x in unacked}
+        plan = Plan()
         async with self._lock:
             for task_id, attempt in claimed:
                 task = self.active.get(task_id)
                 if task is not None and task.status == tasks.IN_FLIGHT and task.attempts == attempt:
                     if task.runner != runner.id:
                         log.info("task %s attempt %s: adopted by runner %s", task_id, attempt, runner.id)
+                    if task.lease_deadline is not None:
+                        self.orphan_leases -= 1
                     task.runner, task.lease_deadline = runner.id, None
                     runner.leases.add((task_id, attempt))
                 elif [task_id, attempt] in running:
                     runner.leases.add((task_id, attempt))  # busy until its cancel is confirmed
-                    await self.broker.send_cancel(runner, task_id, attempt)
+                    plan.after.append(self.broker.send_cancel(runner, task_id, attempt))
             for task in list(self.active.values()):
-                if (task.status == tasks.IN_FLIGHT and task.runner == runner.id
+                if (task.status == tasks.IN_FLIGHT and task.runner == runner.id and not task.planned
                         and (task.id, task.attempts) not in claimed and task.lease_deadline is None):
-                    await self._lost(task, "its runner re-registered without it")
+                    self._lost(plan, task, "its runner re-registered without it")
+            await self._commit(plan)
+        await self._after(plan)
         self._wake.set()
 
     async def on_runner_lost(self, runner) -> None:
+        plan = Plan()
         async with self._lock:
             for task_id, attempt in list(runner.leases):
                 task = self.active.get(task_id)
-                if task is not None and task.status == tasks.IN_FLIGHT and task.attempts == attempt:
-                    await self._lost(task, f"runner {runner.id} was lost")
+                if (task is not None and task.status == tasks.IN_FLIGHT and task.attempts == attempt
+                        and not task.planned):
+                    self._lost(plan, task, f"runner {runner.id} was lost")
             runner.leases.clear()
+            await self._commit(plan)
         self._wake.set()
 
-    async def _lost(self, task: Active, why: str) -> None:
+    def _lost(self, plan: Plan, task: Active, why: str) -> None:
         """The task's runner is gone: run it again, or fail it once retries are used up."""
         self._emit("runner_lost_task", task)
         if task.attempts > task.max_retries:
             error = {"type": tasks.RUNNER_LOST, "traceback": "",
                      "message": f"{why}; {task.attempts} attempts made (max_retries={task.max_retries})"}
-            await self._end(task, "fail", error=json.dumps(error), finished_at=self.clock())
+            self._end(plan, task, "fail", error=json.dumps(error), finished_at=self.clock())
         else:
-            await self._requeue(task, why)
+            self._requeue(plan, task, why)
 
     # -- transitions -------------------------------------------------------
-    async def _requeue(self, task: Active, why: str, delay: float | None = None, refund: bool = False,
-                       **fields) -> None:
+    def _requeue(self, plan: Plan, task: Active, why: str, delay: float | None = None, refund: bool = False,
+                 **fields) -> None:
         now = self.clock()
         if delay is None:
             delay = min(self.settings.retry_backoff_s * 2 ** max(task.attempts - 1, 0),
                         self.settings.retry_backoff_max_s)
         attempts = task.attempts - 1 if refund else task.attempts
-        try:
-            await self.store.transition(task.id, "requeue", task.attempts, queued_at=now,
-                                        not_before=now + delay if delay else None, attempts=attempts, **fields)
-        except StaleTransition:
-            log.warning("task %s: requeue found the row changed; leaving it", task.id)
-            return
-        task.status, task.runner, task.attempts = tasks.NOT_RUN_YET, None, attempts
-        task.queued_at, task.not_before, task.lease_deadline = now, (now + delay if delay else None), None
-        self._enqueue(task)
-        self._log(task, "requeue", reason=why, delay_s=round(delay, 3))
-        self._emit("requeued", task)
 
-    async def _end(self, task: Active, event: str, **fields) -> None:
+        def applied():
+            task.status, task.runner, task.attempts = tasks.NOT_RUN_YET, None, attempts
+            task.queued_at, task.not_before, task.lease_deadline = now, (now + delay if delay else None), None
+            self._enqueue(task)
+            self._log(task, "requeue", reason=why, delay_s=round(delay, 3))
+            self._emit("requeued", task)
+
+        plan.add(task, "requeue", dict(queued_at=now, not_before=now + delay if delay else None, attempts=attempts,
+                                       **fields), applied)
+
+    def _end(self, plan: Plan, task: Active, event: str, **fields) -> None:
         fields.setdefault("finished_at", self.clock())
-        try:
-            await self.store.transition(task.id, event, task.attempts, **fields)
-        except StaleTransition:
-            log.warning("task %s: %s found the row changed; leaving it", task.id, event)
-            return
-        task.status = tasks.TRANSITIONS[event][1]
-        del self.active[task.id]
-        reason = json.loads(fields["error"])["type"] if fields.get("error") else None
-        self._log(task, event, reason=reason)
-        self._emit("finished", task, status=task.status, error_type=reason, run_s=fields.get("run_s"),
-                   latency_s=fields["finished_at"] - task.submitted_at if task.submitted_at else None)
-        waiter = self.waiters.pop(task.id, None)
-        if waiter is not None:
-            waiter.set()
+
+        def applied():
+            task.status = tasks.TRANSITIONS[event][1]
+            self.active.pop(task.id, None)
+            reason = json.loads(fields["error"])["type"] if fields.get("error") else None
+            self._log(task, event, reason=reason)
+            self._emit("finished", task, status=task.status, error_type=reason, run_s=fields.get("run_s"),
+                       latency_s=fields["finished_at"] - task.submitted_at if task.submitted_at else None)
+            waiter = self.waiters.pop(task.id, None)
+            if waiter is not None:
+                self.recent[task.id] = {"id": task.id, "status": task.status, "result": fields.get("result"),
+                                        "result_repr": fields.get("result_repr"),
+                                        "result_dill": fields.get("result_dill"), "error": fields.get("error")}
+                if len(self.recent) > RECENT_RESULTS:
+                    self.recent.popitem(last=False)
+                waiter.set()
+
+        plan.add(task, event, fields, applied)
 
     async def cancel(self, task_id: str) -> str | None:
         """Cancel a task that has not ended; returns its new status, or None if it had already ended."""
+        plan = Plan()
         async with self._lock:
             task = self.active.get(task_id)
-            if task is None:
+            if task is None or task.planned:
                 return None
             if task.status == tasks.NOT_RUN_YET:
-                await self._end(task, "cancel_queued")
+                self._end(plan, task, "cancel_queued")
             else:
                 runner_id, attempt = task.runner, task.attempts
-                await self._end(task, "cancel_running")
+                self._end(plan, task, "cancel_running")
                 runner = self.broker.runners.get(runner_id) if self.broker else None
                 if runner is not None:
-                    await self.broker.send_cancel(runner, task_id, attempt)
-            return task.status
+                    plan.after.append(self.broker.send_cancel(runner, task_id, attempt))
+            await self._commit(plan)
+        await self._after(plan)
+        return task.status if task.status in tasks.END_STATUSES else None
 
     async def wait_finished(self, task_id: str, timeout: float) -> None:
         """Return when the task has ended or timeout seconds have passed."""

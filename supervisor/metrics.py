@@ -177,7 +177,7 @@ class _LiveState:
                 if r.lost:
                     continue
                 total += r.slots
-                used += len(r.leases)
+                used += min(len(r.leases), r.slots)
                 labels = [worker, r.id, r.host]
                 heartbeat.add_metric(labels, now - r.last_seen)
                 for key, _, _ in RESOURCE_FIGURES:

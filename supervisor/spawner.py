@@ -30,7 +30,7 @@ class Spawner:
         if not os.path.isabs(interpreter):
             interpreter = os.path.join(ROOT, interpreter)
         return [interpreter, os.path.join(ROOT, "runners", "run.py"), "--worker", worker,
-                "--connect", self.endpoint, "--concurrency", str(conf.concurrency),
+                "--connect", self.endpoint, "--concurrency", str(conf.concurrency), "--prefetch", str(conf.prefetch),
                 "--heartbeat-s", str(self.settings.heartbeat_s), "--liveness", str(self.settings.liveness),
                 "--exit-when-orphaned"]
 

@@ -84,7 +84,8 @@ class Store:
         self.synchronous = synchronous
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
+        self._pending: list[tuple[list, asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
         self.on_write = None  # called with each write transaction's duration in seconds (metrics)
 
     async def open(self) -> None:
@@ -95,11 +96,14 @@ class Store:
                        "foreign_keys=ON"):
             await self._writer.execute(f"PRAGMA {pragma}")
         await self._writer.executescript(SCHEMA)
+        self._writer_conn = self._writer._conn  # the sqlite3 connection, used only in aiosqlite's thread
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.execute("PRAGMA busy_timeout=5000")
         self._reader.row_factory = sqlite3.Row
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
@@ -110,23 +114,61 @@ class Store:
         return self._writer is not None
 
     async def _write(self, statements: Iterable[tuple[str, Any]]) -> list[int]:
-        """Run statements in one transaction; returns each one's rowcount."""
-        async with self._write_lock:
+        """Run statements in one transaction, committed before this returns; returns each one's rowcount.
+
+        Group commit: writes queued while a transaction is being committed go together into the next one,
+        each inside its own SAVEPOINT so one failing write never undoes another. The whole transaction runs
+        in aiosqlite's thread in one call (one thread hop instead of one per statement).
+        """
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((list(statements), future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            jobs, self._pending = self._pending, []
             t0 = time.perf_counter()
-            db = self._writer
-            await db.execute("BEGIN IMMEDIATE")
             try:
-                counts = []
-                for sql, params in statements:
-                    cur = await db.execute(sql, params)
-                    counts.append(cur.rowcount)
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
+                outcomes = await self._writer._execute(self._run_jobs, [j for j, _ in jobs])
+            except BaseException as exc:  # the transaction itself failed: every job in it failed
+                for _, future in jobs:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
             if self.on_write is not None:
                 self.on_write(time.perf_counter() - t0)
-            return counts
+            for (_, future), outcome in zip(jobs, outcomes):
+                if future.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+    def _run_jobs(self, jobs: list[list[tuple[str, Any]]]) -> list:
+        """In the writer thread: one transaction, a savepoint per job; a job's outcome is its rowcounts or error."""
+        db = self._writer_conn
+        db.execute("BEGIN IMMEDIATE")
+        outcomes = []
+        try:
+            for statements in jobs:
+                db.execute("SAVEPOINT job")
+                try:
+                    outcomes.append([db.execute(sql, params).rowcount for sql, params in statements])
+                    db.execute("RELEASE job")
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK TO job")
+                    db.execute("RELEASE job")
+                    outcomes.append(exc)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return outcomes
 
     # -- functions ---------------------------------------------------------
     @staticmethod
@@ -164,16 +206,25 @@ class Store:
 
         Raises StaleTransition when it does not (the caller decides what a stale change means).
         """
+        from_status, _ = tasks.TRANSITIONS[event]
+        (count,) = await self._write([self._transition_sql(task_id, event, attempt, fields)])
+        if count != 1:
+            raise StaleTransition(f"task {task_id}: {event} needs {from_status!r} at attempt {attempt}")
+
+    @staticmethod
+    def _transition_sql(task_id: str, event: str, attempt: int, fields: dict) -> tuple[str, tuple]:
         from_status, to_status = tasks.TRANSITIONS[event]
         for key in ("error", "crashes"):
             if key in fields and not isinstance(fields[key], (str, type(None))):
                 fields[key] = json.dumps(fields[key])
         sets = ", ".join(["status=?"] + [f"{k}=?" for k in fields])
-        sql = f"UPDATE tasks SET {sets} WHERE id=? AND status=? AND attempts=?"
-        params = (to_status, *fields.values(), task_id, from_status, attempt)
-        (count,) = await self._write([(sql, params)])
-        if count != 1:
-            raise StaleTransition(f"task {task_id}: {event} needs {from_status!r} at attempt {attempt}")
+        return (f"UPDATE tasks SET {sets} WHERE id=? AND status=? AND attempts=?",
+                (to_status, *fields.values(), task_id, from_status, attempt))
+
+    async def transitions(self, items: list[tuple[str, str, int, dict]]) -> list[bool]:
+        """Apply many (task_id, event, attempt, fields) in one transaction; True for each that applied."""
+        counts = await self._write([self._transition_sql(*item) for item in items])
+        return [c == 1 for c in counts]
 
     async def get_task(self, task_id: str) -> dict | None:
         async with self._reader.execute("SELECT * FROM tasks WHERE id=?", (task_id,)) as cur:

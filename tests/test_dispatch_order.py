@@ -62,3 +62,21 @@ def test_a_runner_started_by_hand_with_concurrency_runs_that_many_tasks_at_once(
         finally:
             runner.terminate()
             runner.wait(30)
+
+
+def test_with_prefetch_a_runner_holds_a_queued_task_that_cancel_removes_before_it_runs(tmp_path, pickles):
+    gate, order = str(tmp_path / "gate"), str(tmp_path / "order")
+    workers = {"py38": {"python": "3.8", "interpreter": PYTHONS["py38"], "concurrency": 1, "prefetch": 1}}
+    with Supervisor(tmp_path, workers=workers) as sup:
+        c = sup.client
+        assert c.live_runners("py38")[0]["prefetch"] == 1
+        blocker = c.submit("py38", pickles["py38"]["wait_for_file"], kwargs={"path": gate})
+        held = c.submit("py38", pickles["py38"]["mark"], kwargs={"path": order, "name": "held"})
+        third = c.submit("py38", pickles["py38"]["mark"], kwargs={"path": order, "name": "third"})
+        wait_until(lambda: c.status(held) == "IN FLIGHT", what="the prefetched task to be leased")
+        assert c.status(blocker) == "IN FLIGHT" and c.status(third) == "NOT RUN YET"  # credit = 1 slot + 1
+        assert c.request("DELETE", f"/api/v1/tasks/{held}").json()["status"] == "CANCELLED"
+        open(gate, "w").close()
+        assert c.wait_result(third)["result"] == "third"
+        assert open(order).read().split() == ["third"], "the cancelled prefetched task never ran"
+        assert c.status(held) == "CANCELLED"

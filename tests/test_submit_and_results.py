@@ -223,3 +223,13 @@ def test_health_readiness_and_openapi_cover_the_spec(client):
                          ("/api/v1/workers", "get"), ("/api/v1/workers/status", "post"),
                          ("/api/v1/functions", "post"), ("/healthz", "get"), ("/readyz", "get")]:
         assert method in doc["paths"].get(path, {}), (method, path)
+
+
+def test_a_function_evicted_from_the_childs_cache_is_sent_again(client):
+    from tests.helpers import make_pickles
+    sources = {f"f{i}": f"def run():\n    return {i}\n" for i in range(135)}  # more than the child keeps (128)
+    fns = make_pickles(sources, "py38")
+    ids = [client.submit("py38", fns[f"f{i}"]) for i in range(135)]
+    assert [client.wait_result(t)["result"] for t in ids] == list(range(135))
+    again = client.submit("py38", fns["f0"])  # long evicted by now, on either slot
+    assert client.wait_result(again)["result"] == 0
