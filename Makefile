@@ -7,7 +7,7 @@ PY38_PY := $(VENVS)/py38/bin/python
 SUPERVISOR_PYTHON ?= python3
 PORT ?= 8081
 
-.PHONY: setup run test chaos clean
+.PHONY: setup run test chaos bench bench-compare clean
 
 setup: $(VENVS)/supervisor/.ok $(VENVS)/py36/.ok $(VENVS)/py38/.ok
 
@@ -49,6 +49,22 @@ chaos: setup
 	mkdir -p var
 	$(SUP_PY) -m tests.chaos.checker --tasks 5000 --runner-kills 20 --supervisor-kills 20 --netcut \
 	  --json var/chaos-latest.json
+
+# Speed and memory figures (issue: performance); JSON under bench/results/. Takes a few minutes.
+bench: setup
+	$(SUP_PY) bench/run.py
+
+# The same T1-T3 on Celery (prefork -c2, Redis from Debian's redis-server) in the same run, with ratios.
+$(VENVS)/bench/.ok: Makefile
+	rm -rf $(VENVS)/bench
+	$(SUPERVISOR_PYTHON) -m venv $(VENVS)/bench
+	$(VENVS)/bench/bin/python -m pip install -q 'celery[redis]==5.7.0' 'redis==8.1.0'
+	touch $@
+
+bench-compare: setup $(VENVS)/bench/.ok
+	@command -v redis-server >/dev/null || { echo "installing redis-server"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends redis-server; }
+	$(VENVS)/bench/bin/python bench/celery_compare.py
 
 clean:
 	rm -rf $(VENVS) var .pytest_cache

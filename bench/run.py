@@ -321,6 +321,29 @@ async def measure(args) -> dict:
     finally:
         sup.stop()
 
+    if not args.t4_rows:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return results
+
+    # how the cost grows with the history: 10^3 .. 10^5 stored tasks (10^6 is T4 below)
+    results["scale"] = []
+    for rows in [r for r in (1_000, 10_000, 100_000) if r < args.t4_rows]:
+        print(f"scale: {rows:,} stored tasks ...", file=sys.stderr)
+        db = os.path.join(tmp, f"scale-{rows}.db")
+        sample = fill_finished(db, rows, fn)
+        os.makedirs(os.path.join(tmp, f"s{rows}"))
+        sup = start_supervisor(os.path.join(tmp, f"s{rows}"), db)
+        try:
+            await t1_throughput(sup.client.base, fn_b64, n=300)
+            lookups = await status_lookups(sup.client.base, sample[:1000])
+            t1 = await t1_throughput(sup.client.base, fn_b64, n=2000)
+            results["scale"].append({"stored_tasks": rows, "status_p50_ms": lookups["p50_ms"],
+                                     "status_p99_ms": lookups["p99_ms"], "T1_tasks_per_s": t1["tasks_per_s"],
+                                     "bytes_per_task": round(file_bytes(db) / rows, 1),
+                                     "supervisor_peak_rss_mb": round(rss_kb(sup.proc.pid, "VmHWM") / 1024, 1)})
+        finally:
+            sup.stop()
+
     print(f"T4: filling {args.t4_rows:,} finished tasks ...", file=sys.stderr)
     big = os.path.join(tmp, "big.db")
     t0 = time.perf_counter()
@@ -342,6 +365,10 @@ async def measure(args) -> dict:
                          "bytes_per_task_submitted_via_api": None}
         sup_peak = rss_kb(sup.proc.pid, "VmHWM")
         results["T5"]["supervisor_peak_rss_mb_with_stored_tasks"] = round(sup_peak / 1024, 1)
+        results["scale"].append({"stored_tasks": args.t4_rows, "status_p50_ms": lookups["p50_ms"],
+                                 "status_p99_ms": lookups["p99_ms"], "T1_tasks_per_s": t1_big["tasks_per_s"],
+                                 "bytes_per_task": results["T4"]["bytes_per_task_on_disk"],
+                                 "supervisor_peak_rss_mb": round(sup_peak / 1024, 1)})
     finally:
         sup.stop()
     size_after = file_bytes(big)
@@ -383,7 +410,13 @@ def table(r: dict) -> str:
               f"T4 status lookup p50 {r['T4']['status_lookup']['p50_ms']} ms; stored-row bytes/task "
               f"{r['T4']['bytes_per_task_on_disk']}",
               f"T5 idle runner children RSS {r['T5']['idle_runner_children_rss_mb']} MB; supervisor peak (empty db) "
-              f"{r['T5']['supervisor_peak_rss_mb_empty_db']} MB"]
+              f"{r['T5']['supervisor_peak_rss_mb_empty_db']} MB",
+              "",
+              f"{'stored tasks':>14} {'status p50 ms':>14} {'status p99 ms':>14} {'T1 tasks/s':>11} {'bytes/task':>11} "
+              f"{'sup. RSS MB':>12}"]
+    for row in r.get("scale", []):
+        lines.append(f"{row['stored_tasks']:>14,} {row['status_p50_ms']:>14} {row['status_p99_ms']:>14} "
+                     f"{row['T1_tasks_per_s']:>11,.0f} {row['bytes_per_task']:>11} {row['supervisor_peak_rss_mb']:>12}")
     return "\n".join(lines)
 
 
@@ -394,8 +427,12 @@ def main(argv=None) -> int:
     p.add_argument("--t3-round-trips", type=int, default=1000)
     p.add_argument("--t4-rows", type=int, default=1_000_000)
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
+    p.add_argument("--json-only", action="store_true", help="print the figures as JSON on stdout, write no file")
     args = p.parse_args(argv)
     results = asyncio.run(measure(args))
+    if args.json_only:
+        print(json.dumps(results))
+        return 0
     print(table(results))
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json")

@@ -19,6 +19,7 @@ from supervisor.callbacks import Callbacks
 from supervisor.dispatch import Dispatcher
 from supervisor.events import Events
 from supervisor.metrics import Metrics
+from supervisor.translog import transitions
 from supervisor.spawner import Spawner
 from supervisor.store import Store
 
@@ -39,6 +40,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(fmt: str) -> None:
+    transitions.configure(fmt, sys.stderr)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))

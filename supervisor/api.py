@@ -8,6 +8,7 @@ import uuid
 from aiohttp import web
 
 from supervisor import openapi, tasks
+from supervisor.translog import transitions
 from supervisor.views import iso, outcome_fields, summary_view, task_view
 from supervisor.specs import (ApiError, TaskSpec, check_python, decode_base64, form_to_raw, function_id_of,
                               parse_spec, pickle_pythons)
@@ -169,9 +170,10 @@ async def accept(request: web.Request, specs: list[TaskSpec], batch: bool = Fals
     await request.app[STORE].insert_tasks(rows, functions)
     request.app[DISPATCHER].add(rows)
     for row in rows:
-        log.info("task %s attempt 0 worker %s runner - -> NOT RUN YET (submit)", row["id"], row["worker"],
-                 extra={"task_id": row["id"], "attempt": 0, "worker": row["worker"], "event": "submit",
-                        "status": tasks.NOT_RUN_YET})
+        transitions.line(log, f"task {row['id']} attempt 0 worker {row['worker']} runner - -> NOT RUN YET (submit)",
+                         {"task_id": row["id"], "attempt": 0, "worker": row["worker"], "event": "submit",
+                          "status": tasks.NOT_RUN_YET})
+    transitions.flush()
     events = request.app[STATE].get("events")
     if events is not None:
         for row in rows:

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from runners import protocol
 from supervisor import tasks
 from supervisor.store import Store
+from supervisor.translog import transitions
 
 log = logging.getLogger("supervisor.dispatch")
 FUNCTION_CACHE = 256  # function bodies kept in memory for dispatch
@@ -191,6 +192,7 @@ class Dispatcher:
                     log.warning("task %s: %s found the row changed; leaving it", task.id, event)
                     if on_stale is not None:
                         on_stale()
+            transitions.flush()
 
     async def _after(self, plan: Plan) -> None:
         """What waits for the commit: messages to runners."""
@@ -496,10 +498,10 @@ class Dispatcher:
     def _log(self, task: Active, event: str, **extra) -> None:
         _, to_status = tasks.TRANSITIONS[event] if event in tasks.TRANSITIONS else (None, task.status)
         details = " ".join(f"{k}={v}" for k, v in extra.items() if v is not None)
-        log.info("task %s attempt %d worker %s runner %s -> %s (%s) %s", task.id, task.attempts, task.worker,
-                 task.runner or "-", to_status, event, details,
-                 extra={"task_id": task.id, "attempt": task.attempts, "worker": task.worker,
-                        "runner": task.runner, "event": event, "status": to_status, **extra})
+        transitions.line(log, f"task {task.id} attempt {task.attempts} worker {task.worker} runner "
+                              f"{task.runner or '-'} -> {to_status} ({event}) {details}",
+                         {"task_id": task.id, "attempt": task.attempts, "worker": task.worker,
+                          "runner": task.runner, "event": event, "status": to_status, **extra})
 
     def _emit(self, name: str, task: Active | None, **data) -> None:
         if self.events is not None:
