@@ -1,4 +1,4 @@
-"""Where the supervisor's time goes during T1: py-spy samples the live supervisor, grouped by function.
+"""Where the supervisor's time goes during T1 (or T2 with --workload t2): py-spy samples the live supervisor, grouped by function.
 
     .venvs/supervisor/bin/python bench/profile.py [--tasks 5000]
 Prints inclusive shares of the supervisor's samples for its main thread's busiest frames (idle excluded).
@@ -42,7 +42,7 @@ def aggregate(path: str, top: int) -> list[tuple[float, str]]:
     return [(v / total * 100, k) for k, v in incl.most_common(top)]
 
 
-async def main_async(tasks: int, out: str) -> None:
+async def main_async(tasks: int, out: str, workload: str) -> None:
     fn = make_pickles({"noop": bench.NOOP}, "py38")["noop"]
     b64 = base64.b64encode(fn).decode()
     tmp = tempfile.mkdtemp(prefix="profile-")
@@ -53,7 +53,10 @@ async def main_async(tasks: int, out: str) -> None:
                                 "-f", "raw", "-r", "200", "-p", str(sup.proc.pid)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # py-spy attaching
-        print(await bench.t1_throughput(sup.client.base, b64, n=tasks), file=sys.stderr)
+        if workload == "t2":
+            print(await bench.t2_batch(sup.client.base, b64, n=tasks), file=sys.stderr)
+        else:
+            print(await bench.t1_throughput(sup.client.base, b64, n=tasks), file=sys.stderr)
         spy.send_signal(2)
         spy.wait()
     finally:
@@ -65,9 +68,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", type=int, default=5000)
     p.add_argument("--top", type=int, default=40)
+    p.add_argument("--workload", choices=("t1", "t2"), default="t1", help="t1: one call per task; t2: batches")
     args = p.parse_args()
     out = os.path.join(tempfile.mkdtemp(), "supervisor.txt")
-    asyncio.run(main_async(args.tasks, out))
+    asyncio.run(main_async(args.tasks, out, args.workload))
     for share, frame in aggregate(out, args.top):
         print(f"{share:5.1f}%  {frame}")
     return 0

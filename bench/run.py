@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 
 import aiohttp
 
@@ -44,6 +43,28 @@ SETTINGS = {"heartbeat_s": 1.0, "liveness": 3, "log_format": "text"}
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def cpu_snapshot(sup_pid: int, runner_pid: int) -> dict:
+    kids = open(f"/proc/{runner_pid}/task/{runner_pid}/children").read().split()
+    t = os.times()
+    return {"supervisor": cpu_s(sup_pid), "runner": cpu_s(runner_pid),
+            "runner_children": sum(cpu_s(int(k)) for k in kids), "client": t.user + t.system}
+
+
+def cpu_per_task(before: dict, after: dict, tasks: int) -> dict:
+    """Microseconds of CPU per task, by process (the bench client included)."""
+    return {k + "_us": round((after[k] - before[k]) / tasks * 1e6, 1) for k in before}
 
 
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
@@ -175,7 +196,7 @@ def fill_finished(db: str, n: int, fn_bytes: bytes) -> list[str]:
     for start in range(0, n, batch):
         rows = []
         for i in range(start, min(n, start + batch)):
-            tid = uuid.uuid4().hex
+            tid = f"{int((now + i * 0.001) * 1000):012x}{os.urandom(10).hex()}"  # the shape of tasks.new_id()
             if i % (n // 1000 or 1) == 0:
                 sample.append(tid)
             t = now + i * 0.001
@@ -296,9 +317,13 @@ async def measure(args) -> dict:
         runner_pid = sup.client.live_runners("py38")[0]["pid"]
         await t1_throughput(base, fn_b64, n=500)  # warm-up (function cache, connections)
         print("T1 ...", file=sys.stderr)
+        c0 = cpu_snapshot(sup.proc.pid, runner_pid)
         results["T1"] = await t1_throughput(base, fn_b64, n=args.t1_tasks)
+        results["T1"]["cpu_per_task"] = cpu_per_task(c0, cpu_snapshot(sup.proc.pid, runner_pid), args.t1_tasks)
         print("T2 ...", file=sys.stderr)
+        c0 = cpu_snapshot(sup.proc.pid, runner_pid)
         results["T2"] = await t2_batch(base, fn_b64, n=args.t2_tasks)
+        results["T2"]["cpu_per_task"] = cpu_per_task(c0, cpu_snapshot(sup.proc.pid, runner_pid), args.t2_tasks)
         print("T3 ...", file=sys.stderr)
         results["T3"] = await t3_latency(base, fn_b64, n=args.t3_round_trips)
         idle_wait = time.monotonic() + 2
@@ -403,6 +428,8 @@ def table(r: dict) -> str:
         lines.append(f"{name:32} {v:>12,.2f} {op + ' ' + str(target):>10}  {'yes' if met else 'NO'}")
     lines += ["",
               f"T1 without prefetch (a task only goes to a free slot): {r['T1_no_prefetch']['tasks_per_s']:,.0f} tasks/s",
+              f"CPU per task, T1: {r['T1']['cpu_per_task']}",
+              f"CPU per task, T2: {r['T2']['cpu_per_task']}",
               f"T1 as a fraction of the bare aiohttp handler: {r['T1']['tasks_per_s'] / b['bare_aiohttp_req_per_s']:.2f}",
               f"T3 p50 in ZeroMQ round trips: {r['T3']['p50_ms'] / b['zmq_round_trip_ms']:.1f}",
               f"T1 submit p50 {r['T1']['submit_p50_ms']} ms, p99 {r['T1']['submit_p99_ms']} ms; "

@@ -16,7 +16,7 @@ READY = b"READY"          # {runner_id, worker, python, host, pid, slots, runnin
 RESULT = b"RESULT"        # {task_id, attempt, outcome, ...}; blobs: [result_dill] when present
 # supervisor -> runner
 TASK = b"TASK"            # {task_id, attempt, function_hash, kwargs, timeout_s}; blobs: [function]
-ACK = b"ACK"              # {task_id, attempt}: the result is stored, forget it
+ACK = b"ACK"              # {acks: [[task_id, attempt], ...]}: these results are stored, forget them
 CANCEL = b"CANCEL"        # {task_id, attempt}: kill the task's process
 DISCONNECT = b"DISCONNECT"  # {reason}: the supervisor does not know you; register again
 STOP = b"STOP"            # {}: finish running tasks, then exit

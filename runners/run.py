@@ -218,7 +218,8 @@ class Runner(object):
         if command == protocol.TASK:
             self.on_task(header, blobs[0] if blobs else b"")
         elif command == protocol.ACK:
-            self.unacked.pop((header.get("task_id"), header.get("attempt")), None)
+            for task_id, attempt in header.get("acks") or [[header.get("task_id"), header.get("attempt")]]:
+                self.unacked.pop((task_id, attempt), None)
         elif command == protocol.CANCEL:
             self.on_cancel(header.get("task_id"), header.get("attempt"))
         elif command == protocol.DISCONNECT:

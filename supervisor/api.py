@@ -3,7 +3,6 @@ import hmac
 import json
 import logging
 import time
-import uuid
 
 from aiohttp import web
 
@@ -18,6 +17,7 @@ routes = web.RouteTableDef()
 LIST_LIMIT_MAX = 1000
 PICKLE_PYTHONS: dict = {}  # function id -> what pickle_pythons() said (a bounded cache)
 MISSING = object()
+FUNCTION_INFO: dict = {}  # function id -> its stored info (a bounded cache)
 BATCH_MAX = 10000
 
 # the app keys the routes need; set by supervisor.__main__
@@ -134,7 +134,13 @@ async def resolve_function(request: web.Request, spec: TaskSpec) -> tuple[str, t
                 PICKLE_PYTHONS.pop(next(iter(PICKLE_PYTHONS)))
         check_python(spec.worker, worker_python, made_by, spec.python)
         return fid, (fid, spec.function, ",".join(made_by) if made_by else None)
-    info = await request.app[STORE].function_info(spec.function_id)
+    info = FUNCTION_INFO.get(spec.function_id)
+    if info is None:  # stored functions never change (content-addressed): look each up once
+        info = await request.app[STORE].function_info(spec.function_id)
+        if info is not None:
+            FUNCTION_INFO[spec.function_id] = info
+            if len(FUNCTION_INFO) > 4096:
+                FUNCTION_INFO.pop(next(iter(FUNCTION_INFO)))
     if info is None:
         raise ApiError(422, "unknown_function", f"no stored function {spec.function_id}; store it first with "
                                                 f"POST /api/v1/functions")
@@ -144,7 +150,7 @@ async def resolve_function(request: web.Request, spec: TaskSpec) -> tuple[str, t
 
 
 def task_row(spec: TaskSpec, function_id: str, now: float) -> dict:
-    return {"id": uuid.uuid4().hex, "worker": spec.worker, "status": tasks.NOT_RUN_YET, "priority": spec.priority,
+    return {"id": tasks.new_id(), "worker": spec.worker, "status": tasks.NOT_RUN_YET, "priority": spec.priority,
             "attempts": 0, "function_hash": function_id, "kwargs": spec.kwargs, "labels": spec.labels,
             "python": spec.python, "timeout_s": spec.timeout_s, "max_retries": spec.max_retries,
             "retry_on_error": int(spec.retry_on_error), "unavailable_timeout_s": spec.unavailable_timeout_s,

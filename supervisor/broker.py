@@ -147,9 +147,10 @@ class Broker:
     async def send_task(self, runner: RunnerInfo, header: dict, body: bytes) -> None:
         await self._send(runner.id, protocol.TASK, header, [body])
 
-    async def send_ack(self, runner_id: str | None, task_id: str, attempt: int) -> None:
-        if runner_id:
-            await self._send(runner_id, protocol.ACK, {"task_id": task_id, "attempt": attempt})
+    async def send_acks(self, runner_id: str | None, acks: list[list]) -> None:
+        """One ACK message for every (task_id, attempt) whose result from this runner is stored."""
+        if runner_id and acks:
+            await self._send(runner_id, protocol.ACK, {"acks": acks})
 
     async def send_cancel(self, runner: RunnerInfo, task_id: str, attempt: int) -> None:
         await self._send(runner.id, protocol.CANCEL, {"task_id": task_id, "attempt": attempt})

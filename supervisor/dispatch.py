@@ -327,8 +327,11 @@ class Dispatcher:
             await self._commit(plan)
         await self._after(plan)
         if self.broker is not None:
+            by_runner: dict[str, list] = {}
             for runner_id, task_id, attempt in acks:
-                await self.broker.send_ack(runner_id, task_id, attempt)
+                by_runner.setdefault(runner_id, []).append([task_id, attempt])
+            for runner_id, items in by_runner.items():
+                await self.broker.send_acks(runner_id, items)
         self._wake.set()
 
     def _record(self, plan: Plan, task: Active, runner, header: dict, blob: bytes | None) -> None:

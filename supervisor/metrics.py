@@ -71,6 +71,7 @@ class Metrics:
             for status in sorted(tasks.END_STATUSES):
                 self.finished.labels(worker, status)
         self.dispatcher = self.broker = None
+        self._children: dict = {}
         r.register(_LiveState(self))
 
     def attach(self, dispatcher, broker, store) -> None:
@@ -90,27 +91,35 @@ class Metrics:
     # -- events ------------------------------------------------------------
     def on_event(self, name: str, task=None, **data) -> None:
         if name == "submitted":
-            self.submitted.labels(data["worker"]).inc()
+            self._child(self.submitted, data["worker"]).inc()
         elif name == "rejected":
             self.rejected.labels(data["reason"]).inc()
         elif name == "dispatched":
-            self.wait.labels(task.worker).observe(max(data["wait_s"], 0.0))
+            self._child(self.wait, task.worker).observe(max(data["wait_s"], 0.0))
         elif name == "requeued":
             self.requeued.labels(task.worker).inc()
         elif name == "finished":
-            self.finished.labels(task.worker, data["status"]).inc()
+            self._child(self.finished, task.worker, data["status"]).inc()
             if data["status"] == tasks.FAILED:
                 self.failures.labels(task.worker, data.get("error_type") or "unknown").inc()
             if data.get("run_s") is not None:
-                self.run.labels(task.worker).observe(data["run_s"])
+                self._child(self.run, task.worker).observe(data["run_s"])
             if data.get("latency_s") is not None:
-                self.latency.labels(task.worker).observe(max(data["latency_s"], 0.0))
+                self._child(self.latency, task.worker).observe(max(data["latency_s"], 0.0))
         elif name == "stale_result":
             self.stale.inc()
         elif name == "runner_joined":
             self.runners_joined.labels(data["runner"].worker).inc()
         elif name == "runner_lost":
             self.runners_lost.labels(data["runner"].worker).inc()
+
+    def _child(self, metric, *labels):
+        """metric.labels(*labels), remembered: the per-task events hit the same few children every time."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # -- HTTP ---------------------------------------------------------------
     def middleware(self):

@@ -1,4 +1,6 @@
-"""Task statuses and the one transition table every status change goes through."""
+"""Task statuses, the one transition table every status change goes through, and task ids."""
+import os
+import time
 NOT_RUN_YET = "NOT RUN YET"
 IN_FLIGHT = "IN FLIGHT"
 DONE = "DONE"
@@ -28,3 +30,19 @@ RUNNER_LOST = "RunnerLost"
 
 def is_final(status: str) -> bool:
     return status in END_STATUSES
+
+
+def new_id() -> str:
+    """32 hex digits: 48 bits of milliseconds since the epoch, then 80 random bits (like a UUIDv7).
+
+    Ids that grow with time are appended at the end of the id index instead of landing on random pages of it,
+    which keeps submissions as fast with a million stored tasks as with none.
+    """
+    global _random
+    if len(_random) < 20:
+        _random = os.urandom(20 * 1024).hex()  # one system call per thousand ids
+    tail, _random = _random[:20], _random[20:]
+    return f"{int(time.time() * 1000):012x}{tail}"
+
+
+_random = ""
