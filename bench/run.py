@@ -96,7 +96,7 @@ async def submit_many(base: str, body: bytes, n: int, concurrency: int, headers=
 
 
 async def wait_all_done(base: str, worker: str, expected_done: int, timeout: float = 600) -> float:
-    """Poll the worker's queue (a cheap call, every 10 ms) until nothing is queued or in flight, then check the
+    """Poll the worker's queue (a cheap call, every 20 ms) until nothing is queued or in flight, then check the
     finished counter once; returns the time the queue was seen empty."""
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
@@ -107,7 +107,7 @@ async def wait_all_done(base: str, worker: str, expected_done: int, timeout: flo
                 t = time.perf_counter()
                 if await finished_count(base, worker) >= expected_done:
                     return t
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.02)
     raise RuntimeError(f"tasks did not finish within {timeout}s")
 
 

@@ -90,6 +90,7 @@ class Dispatcher:
         self.orphan_leases = 0        # IN FLIGHT tasks inherited from a previous supervisor, not yet claimed
         self.next_tick = 0.0
         self.waiters: dict[str, asyncio.Event] = {}
+        self._counts: dict[str, list[int]] = {}  # worker -> [queued, in flight]
         self.recent: OrderedDict[str, dict] = OrderedDict()  # outcome of recently ended tasks (long-poll replies)
         self.functions: OrderedDict[str, bytes] = OrderedDict()
         self.accepting = True         # False while draining: nothing new is dispatched
@@ -135,6 +136,7 @@ class Dispatcher:
 
     def _track(self, task: Active) -> None:
         self.active[task.id] = task
+        self._count(task.worker, task.status, +1)
         if task.status == tasks.NOT_RUN_YET:
             self._enqueue(task)
 
@@ -144,19 +146,20 @@ class Dispatcher:
         else:
             heapq.heappush(self.ready.setdefault(task.worker, []), (-task.priority, task.order, task.id))
 
+    def _count(self, worker: str, status: str, delta: int) -> None:
+        """Keep the per-worker counts of queued and in-flight tasks (read on every /workers and scrape)."""
+        pair = self._counts.setdefault(worker, [0, 0])
+        pair[status == tasks.IN_FLIGHT] += delta
+
     def queued(self, worker: str) -> int:
-        return sum(1 for t in self.active.values() if t.worker == worker and t.status == tasks.NOT_RUN_YET)
+        return self._counts.get(worker, [0, 0])[0]
 
     def in_flight(self, worker: str) -> int:
-        return sum(1 for t in self.active.values() if t.worker == worker and t.status == tasks.IN_FLIGHT)
+        return self._counts.get(worker, [0, 0])[1]
 
     def counts(self) -> dict[str, tuple[int, int]]:
-        """{worker: (queued, in flight)} in one pass."""
-        out: dict[str, list[int]] = {}
-        for t in self.active.values():
-            pair = out.setdefault(t.worker, [0, 0])
-            pair[t.status == tasks.IN_FLIGHT] += 1
-        return {w: (q, f) for w, (q, f) in out.items()}
+        """{worker: (queued, in flight)}."""
+        return {w: (q, f) for w, (q, f) in self._counts.items()}
 
     # -- the loop ----------------------------------------------------------
     def wake(self) -> None:
@@ -228,6 +231,8 @@ class Dispatcher:
 
         def applied():
             task.attempts = attempt
+            self._count(task.worker, tasks.NOT_RUN_YET, -1)
+            self._count(task.worker, tasks.IN_FLIGHT, +1)
             task.status, task.runner, task.lease_deadline = tasks.IN_FLIGHT, runner.id, None
             self._log(task, "dispatch", runner=runner.id)
             self._emit("dispatched", task, wait_s=now - task.queued_at)
@@ -432,6 +437,8 @@ class Dispatcher:
         attempts = task.attempts - 1 if refund else task.attempts
 
         def applied():
+            self._count(task.worker, task.status, -1)
+            self._count(task.worker, tasks.NOT_RUN_YET, +1)
             task.status, task.runner, task.attempts = tasks.NOT_RUN_YET, None, attempts
             task.queued_at, task.not_before, task.lease_deadline = now, (now + delay if delay else None), None
             self._enqueue(task)
@@ -445,6 +452,7 @@ class Dispatcher:
         fields.setdefault("finished_at", self.clock())
 
         def applied():
+            self._count(task.worker, task.status, -1)
             task.status = tasks.TRANSITIONS[event][1]
             self.active.pop(task.id, None)
             reason = json.loads(fields["error"])["type"] if fields.get("error") else None
