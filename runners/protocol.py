@@ -15,7 +15,8 @@ VERSION = b"SUP1"
 READY = b"READY"          # {runner_id, worker, python, host, pid, slots, running: [[task_id, attempt]]}
 RESULT = b"RESULT"        # {task_id, attempt, outcome, ...}; blobs: [result_dill] when present
 # supervisor -> runner
-TASK = b"TASK"            # {task_id, attempt, function_hash, kwargs, timeout_s}; blobs: [function]
+TASK = b"TASK"            # {tasks: [{task_id, attempt, function_hash, kwargs, timeout_s, blob}]}; blobs: the
+                          # distinct function bodies, each task's "blob" is the index of its own
 ACK = b"ACK"              # {acks: [[task_id, attempt], ...]}: these results are stored, forget them
 CANCEL = b"CANCEL"        # {task_id, attempt}: kill the task's process
 DISCONNECT = b"DISCONNECT"  # {reason}: the supervisor does not know you; register again

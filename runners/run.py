@@ -216,7 +216,9 @@ class Runner(object):
         self.reconnect_after = self.heartbeat_s * self.liveness
         self.touch_health()
         if command == protocol.TASK:
-            self.on_task(header, blobs[0] if blobs else b"")
+            for task in header.get("tasks") or []:
+                index = task.get("blob", 0)
+                self.on_task(task, blobs[index] if index < len(blobs) else b"")
         elif command == protocol.ACK:
             for task_id, attempt in header.get("acks") or [[header.get("task_id"), header.get("attempt")]]:
                 self.unacked.pop((task_id, attempt), None)

@@ -144,8 +144,13 @@ class Broker:
             log.debug("cannot send %s to runner %s: %s", command.decode(), runner_id, exc)
             return False
 
-    async def send_task(self, runner: RunnerInfo, header: dict, body: bytes) -> None:
-        await self._send(runner.id, protocol.TASK, header, [body])
+    async def send_tasks(self, runner: RunnerInfo, items: list[tuple[dict, bytes]]) -> None:
+        """One TASK message carrying every (header, function body) leased to this runner in one dispatch."""
+        bodies: dict[bytes, int] = {}
+        headers = []
+        for header, body in items:
+            headers.append(dict(header, blob=bodies.setdefault(body, len(bodies))))
+        await self._send(runner.id, protocol.TASK, {"tasks": headers}, list(bodies))
 
     async def send_acks(self, runner_id: str | None, acks: list[list]) -> None:
         """One ACK message for every (task_id, attempt) whose result from this runner is stored."""

@@ -67,7 +67,8 @@ class Plan:
 
     def __init__(self):
         self.items: list[tuple[Active, str, dict, object, object]] = []
-        self.after: list = []  # coroutines to await once everything is committed (TASK, ACK, CANCEL sends)
+        self.after: list = []  # coroutines to await once everything is committed (CANCEL sends)
+        self.tasks: dict = {}  # runner -> [(TASK header, function body)] to send once committed
 
     def add(self, task: Active, event: str, fields: dict, applied, stale=None) -> None:
         task.planned = True
@@ -198,7 +199,10 @@ class Dispatcher:
             transitions.flush()
 
     async def _after(self, plan: Plan) -> None:
-        """What waits for the commit: messages to runners."""
+        """What waits for the commit: messages to runners (one TASK message per runner)."""
+        for runner, items in plan.tasks.items():
+            await self.broker.send_tasks(runner, items)
+        plan.tasks = {}
         for send in plan.after:
             await send
         plan.after = []
@@ -236,7 +240,7 @@ class Dispatcher:
             task.status, task.runner, task.lease_deadline = tasks.IN_FLIGHT, runner.id, None
             self._log(task, "dispatch", runner=runner.id)
             self._emit("dispatched", task, wait_s=now - task.queued_at)
-            plan.after.append(self.broker.send_task(runner, {
+            plan.tasks.setdefault(runner, []).append(({
                 "task_id": task.id, "attempt": attempt, "function_hash": task.function_hash,
                 "kwargs": json.loads(task.kwargs), "timeout_s": task.timeout_s}, body))
 
