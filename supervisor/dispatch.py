@@ -24,6 +24,7 @@ from supervisor.translog import transitions
 log = logging.getLogger("supervisor.dispatch")
 FUNCTION_CACHE = 256  # function bodies kept in memory for dispatch
 RECENT_RESULTS = 1024  # outcomes kept in memory for long-polls that were waiting when their task ended
+EXPIRY_SCAN_S = 1.0   # how often queues of workers without runners are checked for WorkerUnavailable
 TICK_S = 0.1          # how often time-driven work (backoff, WorkerUnavailable, orphan leases) runs
 
 
@@ -90,6 +91,7 @@ class Dispatcher:
         self.no_runner_since: dict[str, float] = {}
         self.orphan_leases = 0        # IN FLIGHT tasks inherited from a previous supervisor, not yet claimed
         self.next_tick = 0.0
+        self.next_expiry_scan = 0.0
         self.waiters: dict[str, asyncio.Event] = {}
         self._counts: dict[str, list[int]] = {}  # worker -> [queued, in flight]
         self.recent: OrderedDict[str, dict] = OrderedDict()  # outcome of recently ended tasks (long-poll replies)
@@ -275,11 +277,14 @@ class Dispatcher:
                     self.no_runner_since.pop(worker, None)
                 else:
                     self.no_runner_since.setdefault(worker, now)
-        if not self.no_runner_since and not self.orphan_leases:
+        scan_expiry = bool(self.no_runner_since) and now >= self.next_expiry_scan
+        if not scan_expiry and not self.orphan_leases:
             return
         plan = Plan()
         async with self._lock:
-            for worker, since in self.no_runner_since.items():
+            if scan_expiry:  # once a second: a runnerless worker's queue may be long
+                self.next_expiry_scan = now + EXPIRY_SCAN_S
+            for worker, since in (self.no_runner_since.items() if scan_expiry else ()):
                 for task in self._queued_of(worker):
                     waited_from = max(task.queued_at, since)
                     if now - waited_from >= task.unavailable_timeout_s:
