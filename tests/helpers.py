@@ -156,10 +156,14 @@ class Supervisor:
              "--db", self.db, "--spawn", self.spawn, *extra_args],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        wait_until(self._ready, 30, what="supervisor /readyz")
-        if wait_runners and self.spawn != "none":
-            spawned = self.spawned_workers()
-            wait_until(lambda: all(self.client.live_runners(w) for w in spawned), 30, what="spawned runners")
+        try:
+            wait_until(self._ready, 30, what="supervisor /readyz")
+            if wait_runners and self.spawn != "none":
+                spawned = self.spawned_workers()
+                wait_until(lambda: all(self.client.live_runners(w) for w in spawned), 30, what="spawned runners")
+        except BaseException:  # never leave a half-started supervisor (and its runners) behind
+            self.stop()
+            raise
         return self
 
     def spawned_workers(self) -> list[str]:
