@@ -77,10 +77,6 @@ WRITER_CACHE_KIB = 32 * 1024
 READER_CACHE_KIB = 16 * 1024
 
 
-class StaleTransition(Exception):
-    """The row no longer has the expected status and attempt; nothing was changed."""
-
-
 class Store:
     """The SQLite file behind every task and function."""
 
@@ -206,16 +202,6 @@ class Store:
         sql = f"INSERT INTO tasks({', '.join(TASK_COLUMNS)}) VALUES ({placeholders})"
         statements += [(sql, tuple(row[c] for c in TASK_COLUMNS)) for row in rows]
         await self._write(statements)
-
-    async def transition(self, task_id: str, event: str, attempt: int, **fields) -> None:
-        """Apply one event of tasks.TRANSITIONS where the row still has its from-status and attempt.
-
-        Raises StaleTransition when it does not (the caller decides what a stale change means).
-        """
-        from_status, _ = tasks.TRANSITIONS[event]
-        (count,) = await self._write([self._transition_sql(task_id, event, attempt, fields)])
-        if count != 1:
-            raise StaleTransition(f"task {task_id}: {event} needs {from_status!r} at attempt {attempt}")
 
     @staticmethod
     def _transition_sql(task_id: str, event: str, attempt: int, fields: dict) -> tuple[str, tuple]:
