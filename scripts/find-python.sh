@@ -10,7 +10,8 @@ if [ -n "${!var:-}" ]; then
   echo "error: $var=${!var} is not a working Python $want interpreter" >&2; exit 1
 fi
 if p=$(command -v "python$want" 2>/dev/null) && works "$p"; then echo "$p"; exit 0; fi
-if root=$(pyenv root 2>/dev/null); then
+root=$(pyenv root 2>/dev/null) || root="${PYENV_ROOT:-$HOME/.pyenv}"  # pyenv itself need not be on PATH
+if [ -d "$root/versions" ]; then
   for p in $(ls -d "$root/versions/$want".*/bin/python 2>/dev/null | sort -V -r); do
     if works "$p"; then echo "$p"; exit 0; fi
   done

@@ -3,6 +3,8 @@ import os
 import signal
 import subprocess
 
+import pytest
+
 from tests.helpers import PYTHONS, REPO, Supervisor, children_of, pid_alive, wait_until
 
 PY36_ONLY = {"py36": {"python": "3.6", "interpreter": PYTHONS["py36"], "concurrency": 2}}
@@ -59,3 +61,14 @@ def test_make_run_fails_with_one_clear_line_when_an_interpreter_is_missing(tmp_p
                         str(tmp_path / "venvs" / "py36" / ".ok")], cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode != 0
     assert "PYTHON36=/nonexistent/python3.6 is not a working Python 3.6 interpreter" in r.stderr
+
+
+def test_the_interpreter_finder_falls_back_to_pyenvs_versions_without_pyenv_on_path(tmp_path):
+    with open(os.path.join(REPO, ".venvs", "py36", "pyvenv.cfg")) as f:
+        home = next(line.split("=", 1)[1].strip() for line in f if line.startswith("home"))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(home)))  # <root>/versions/3.6.x/bin
+    if not os.path.isdir(os.path.join(root, "versions")):
+        pytest.skip("the py36 venv was not made from a pyenv install")
+    r = subprocess.run(["scripts/find-python.sh", "3.6"], cwd=REPO, capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYENV_ROOT": root})
+    assert r.returncode == 0 and r.stdout.strip().startswith(os.path.join(root, "versions", "3.6."))
