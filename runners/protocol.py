@@ -22,7 +22,7 @@ CANCEL = b"CANCEL"        # {task_id, attempt}: kill the task's process
 DISCONNECT = b"DISCONNECT"  # {reason}: the supervisor does not know you; register again
 STOP = b"STOP"            # {}: finish running tasks, then exit
 # both ways
-HEARTBEAT = b"HEARTBEAT"  # runner: {busy, resources}; supervisor: {}
+HEARTBEAT = b"HEARTBEAT"  # runner: {draining, resources}; supervisor: {}
 
 COMMANDS = frozenset([READY, RESULT, TASK, ACK, CANCEL, DISCONNECT, STOP, HEARTBEAT])
 

@@ -327,9 +327,7 @@ class Runner(object):
 
     def heartbeat(self, now):
         pids = [s.proc.pid for s in self.slots if s.proc is not None]
-        running = [[s.task["task_id"], s.task["attempt"]] for s in self.slots if s.task]
-        self.send(protocol.HEARTBEAT, {"busy": self.busy(), "running": running, "draining": self.draining,
-                                       "resources": self.probe.sample(pids)})
+        self.send(protocol.HEARTBEAT, {"draining": self.draining, "resources": self.probe.sample(pids)})
         self.next_heartbeat = now + self.heartbeat_s
 
     def housekeeping(self, now):

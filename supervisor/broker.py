@@ -34,7 +34,6 @@ class RunnerInfo:
     lost: bool = False
     lost_at: float | None = None
     draining: bool = False
-    busy_reported: int = 0
     resources: dict = dataclasses.field(default_factory=dict)
     tasks_done: int = 0
     tasks_failed: int = 0
@@ -160,11 +159,6 @@ class Broker:
     async def send_cancel(self, runner: RunnerInfo, task_id: str, attempt: int) -> None:
         await self._send(runner.id, protocol.CANCEL, {"task_id": task_id, "attempt": attempt})
 
-    async def send_stop(self) -> None:
-        for r in list(self.runners.values()):
-            if not r.lost:
-                await self._send(r.id, protocol.STOP, {})
-
     # -- receiving ---------------------------------------------------------
     async def _receive_loop(self) -> None:
         """Handle messages in arrival order; RESULTs that arrived together are recorded in one commit."""
@@ -218,7 +212,6 @@ class Broker:
                 await self._send(runner_id, protocol.DISCONNECT, {"reason": "unknown or lost runner"})
                 return
             runner.resources = header.get("resources") or {}
-            runner.busy_reported = int(header.get("busy") or 0)
             if header.get("draining") and not runner.draining:
                 log.info("runner %s of worker %s is draining", runner.id, runner.worker)
                 runner.draining = True

@@ -317,9 +317,6 @@ class Dispatcher:
         self._end(plan, task, "expire", error=json.dumps(error))
 
     # -- what runners tell us ---------------------------------------------
-    async def on_result(self, runner, header: dict, blobs: list[bytes]) -> None:
-        await self.on_results([(runner, header, blobs)])
-
     async def on_results(self, results: list[tuple]) -> None:
         """Record RESULTs that belong to their task's current attempt (one commit); acknowledge every one."""
         plan = Plan()
