@@ -14,6 +14,13 @@ def runner_of(client, task_id):
     return next(r for r in client.live_runners("py38") if r["id"] == rec["runner"])
 
 
+def slow_task_in_flight(client, pickles, s: float):
+    """Submit a slow task and wait until it runs; returns its id and the runner running it."""
+    task_id = client.submit("py38", pickles["py38"]["slow_pid"], kwargs={"s": s})
+    wait_until(lambda: client.status(task_id) == "IN FLIGHT", what="IN FLIGHT")
+    return task_id, runner_of(client, task_id)
+
+
 def stop_all(procs):
     for p in procs:
         if p.poll() is None:
@@ -47,9 +54,7 @@ def test_a_killed_runners_task_goes_back_to_the_queue_and_runs_on_another_runner
         runners = [start_runner("py38", sup.zmq_endpoint) for _ in range(2)]
         try:
             wait_until(lambda: len(c.live_runners("py38")) == 2, what="two runners")
-            task_id = c.submit("py38", pickles["py38"]["slow_pid"], kwargs={"s": 1.0})
-            wait_until(lambda: c.status(task_id) == "IN FLIGHT", what="IN FLIGHT")
-            first = runner_of(c, task_id)
+            task_id, first = slow_task_in_flight(c, pickles, 1.0)
             os.kill(first["pid"], signal.SIGKILL)
             out = c.wait_result(task_id)
             rec = c.task(task_id)
@@ -91,9 +96,7 @@ def test_a_late_result_from_a_stopped_runner_is_dropped_not_recorded_over_the_ne
         runners = [start_runner("py38", sup.zmq_endpoint) for _ in range(2)]
         try:
             wait_until(lambda: len(c.live_runners("py38")) == 2, what="two runners")
-            task_id = c.submit("py38", pickles["py38"]["slow_pid"], kwargs={"s": 1.5})
-            wait_until(lambda: c.status(task_id) == "IN FLIGHT", what="IN FLIGHT")
-            stopped = runner_of(c, task_id)
+            task_id, stopped = slow_task_in_flight(c, pickles, 1.5)
             os.kill(stopped["pid"], signal.SIGSTOP)  # its child keeps running; the runner goes silent
             try:
                 out = c.wait_result(task_id)
