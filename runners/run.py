@@ -27,46 +27,88 @@ from runners import child, protocol  # noqa: E402
 from runners.resources import ResourceProbe  # noqa: E402
 
 log = logging.getLogger("runner")
-LOG_TAIL_BYTES = 64 * 1024
+LOG_TAIL_BYTES = child.LOG_TAIL_BYTES
+BATCH_MAX = 32                 # tasks given to one child in one write (only tasks of functions known to be short)
+SHORT_RUN_S = 0.002            # a function whose recent runs averaged less than this counts as short
+RESULTS_PER_MESSAGE = 256      # RESULTs sent together in one message
+HOUSEKEEPING_S = 0.05          # how often the loop checks its parent, resends and heartbeats
 ACK_GRACE_S = 10.0             # after SIGTERM, how long an idle runner waits for its results' acks
 ORPHAN_ACK_GRACE_S = 3600.0    # the same for a runner whose supervisor died: wait for a new one
 
 
+class Entry(object):
+    """A task given to a slot's child: its TASK header, function bytes, place in the batch, and whether it was
+    cancelled before it started."""
+    __slots__ = ("header", "function_bytes", "index", "cancelled")
+
+    def __init__(self, header, function_bytes, index):
+        self.header, self.function_bytes, self.index, self.cancelled = header, function_bytes, index, False
+
+    @property
+    def key(self):
+        return (self.header["task_id"], self.header["attempt"])
+
+
 class Slot(object):
-    """One long-lived child process and the task it is running, if any."""
+    """One long-lived child process and the tasks it was given (the first one is running)."""
 
     def __init__(self, index, mp, log_dir):
         self.index = index
         self.mp = mp
         self.log_path = os.path.join(log_dir, "slot-%d.log" % index)
-        self.proc = self.conn = None
+        self.proc = self.tasks_out = self.results_in = self.claims = None
         self.loaded = set()    # function hashes this slot's child has been sent
-        self.task = None       # the TASK header being run
-        self.function_bytes = None
-        self.deadline = None   # monotonic time the task must end by, or None
+        self.queue = collections.deque()  # Entry objects, in the order the child runs them
+        self.deadline = None   # monotonic time the running task must end by, or None
+
+    @property
+    def task(self):
+        """The TASK header of the task running (or about to run) in the child, or None."""
+        return self.queue[0].header if self.queue else None
+
+    @property
+    def fd(self):
+        return self.results_in.fd if self.results_in is not None else None
 
     def start(self):
-        parent_conn, child_conn = self.mp.Pipe()
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
         self.loaded = set()
-        self.proc = self.mp.Process(target=child.child_main, args=(child_conn, self.log_path), daemon=True)
+        self.claims = child.Claims(self.mp, BATCH_MAX)
+        self.proc = self.mp.Process(target=child.child_main, args=(task_r, result_w, self.log_path, self.claims),
+                                    daemon=True)
         self.proc.start()
-        child_conn.close()
-        self.conn = parent_conn
+        os.close(task_r)
+        os.close(result_w)
+        os.set_blocking(result_r, False)  # the runner takes whatever results are whole and never waits for more
+        self.tasks_out, self.results_in = child.Pipe(task_w), child.Pipe(result_r)
 
-    def assign(self, header, function_bytes):
-        if self.proc is None or not self.proc.is_alive():
+    def assign(self, items, now):
+        """Give the child a batch of (header, function bytes) in one write; it runs them in order."""
+        if self.proc is not None and not self.proc.is_alive():
+            self.collect_death()  # it died idle: nothing of it to report
+        if self.proc is None:
             self.start()
-        self.task = header
-        timeout = header.get("timeout_s")
-        self.deadline = time.monotonic() + timeout if timeout else None
-        self.function_bytes = function_bytes
-        fh = header["function_hash"]
-        # the child caches loaded functions: send the bytes only the first time (it asks again if it evicted one)
-        self.conn.send((fh, None if fh in self.loaded else function_bytes, header.get("kwargs") or {}))
-        self.loaded.add(fh)
+        self.claims.reset(len(items))
+        if len(self.loaded) > child.FUNCTION_CACHE_SIZE:
+            self.loaded = set()  # the child may have evicted some: send bytes again (it ignores what it has)
+        batch = []
+        for index, (header, function_bytes) in enumerate(items):
+            fh = header["function_hash"]
+            # the child caches loaded functions: send the bytes only the first time (it asks again if it evicted one)
+            batch.append((fh, None if fh in self.loaded else function_bytes, header.get("kwargs") or {}))
+            self.loaded.add(fh)
+            self.queue.append(Entry(header, function_bytes, index))
+        self.tasks_out.send(batch)
+        self.next_deadline(now)
 
-    def resend_function(self):
-        self.conn.send((self.task["function_hash"], self.function_bytes, self.task.get("kwargs") or {}))
+    def next_deadline(self, now):
+        """The first task in the queue is running: it must end by its timeout from now."""
+        timeout = self.queue[0].header.get("timeout_s") if self.queue else None
+        self.deadline = now + timeout if timeout else None
+
+    def started(self, entry):
+        return self.claims is not None and self.claims.started.value >= entry.index
 
     def kill(self):
         """SIGKILL the child and its process group; returns its exit code."""
@@ -82,8 +124,12 @@ class Slot(object):
 
     def _reap(self):
         code = self.proc.exitcode
-        self.conn.close()
-        self.proc = self.conn = None
+        for fd in (self.tasks_out.fd, self.results_in.fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.proc = self.tasks_out = self.results_in = None
         return code
 
     def collect_death(self):
@@ -91,6 +137,7 @@ class Slot(object):
         return self._reap()
 
     def read_logs(self):
+        """The tail of the log file of a child that died or was killed (a live child reports its own)."""
         try:
             if os.stat(self.log_path).st_size == 0:
                 return "", False
@@ -103,10 +150,12 @@ class Slot(object):
             return "", False
         return data.decode("utf-8", "replace"), size > LOG_TAIL_BYTES
 
-    def release(self):
-        """The slot is free again (its log file is emptied by the child when the next task starts)."""
-        task, self.task, self.deadline, self.function_bytes = self.task, None, None, None
-        return task
+    def take_unstarted(self):
+        """After the child is gone: the queued tasks behind the one that was running, to be given out again."""
+        rest = [(e.header, e.function_bytes) for e in list(self.queue)[1:] if not e.cancelled]
+        self.queue.clear()
+        self.deadline = None
+        return rest
 
 
 def load_curve(key_path, server_key_path):
@@ -153,15 +202,19 @@ class Runner(object):
         self.mp = multiprocessing.get_context("fork")
         self.log_dir = tempfile.mkdtemp(prefix="runner-")
         self.slots = [Slot(i, self.mp, self.log_dir) for i in range(args.concurrency)]
-        self.pending = collections.deque()         # TASKs received while every slot was busy
-        self.unacked = collections.OrderedDict()   # (task_id, attempt) -> frames of its RESULT
+        self.pending = collections.deque()         # (TASK header, function bytes) not given to a slot yet
+        self.unacked = collections.OrderedDict()   # (task_id, attempt) -> (RESULT fields, blob) until acknowledged
+        self.outbox = []                           # RESULTs to send at the end of this turn of the loop
+        self.run_s = {}                            # function hash -> recent run time (moving average)
+        self.poller = zmq.Poller()
         self.probe = ResourceProbe()
         self.parent_pid = os.getppid()
         self.draining = False
         self.drain_requested = None    # set by signal handlers; acted on by the loop
         self.ack_grace_s = ACK_GRACE_S
         self.idle_since = None
-        self.last_heard = self.next_heartbeat = self.next_resend = 0.0
+        self.last_heard = self.next_heartbeat = self.next_resend = self.next_housekeeping = 0.0
+        self.slot_by_fd = {}                       # result pipe fd -> slot, for the poller
         self.reconnect_after = self.heartbeat_s * self.liveness
         self.curve = load_curve(args.curve_key, args.curve_server_key)
         self.health_file = args.health_file
@@ -171,6 +224,7 @@ class Runner(object):
     # -- connection -------------------------------------------------------
     def connect(self):
         if self.sock is not None:
+            self.poller.unregister(self.sock)
             self.sock.close(0)
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -179,11 +233,12 @@ class Runner(object):
             public, secret, server = self.curve
             self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = public, secret, server
         self.sock.connect(self.endpoint)
+        self.poller.register(self.sock, zmq.POLLIN)
         self.register()
         self.last_heard = time.monotonic()
 
     def register(self):
-        running = [[s.task["task_id"], s.task["attempt"]] for s in self.slots if s.task]
+        running = [list(e.key) for s in self.slots for e in s.queue if not e.cancelled]
         running += [[h["task_id"], h["attempt"]] for h, _ in self.pending]
         self.send(protocol.READY, {
             "runner_id": self.runner_id, "worker": self.worker,
@@ -199,12 +254,21 @@ class Runner(object):
             pass  # nobody to deliver to right now; heartbeats and resends cover it
 
     def resend_results(self):
-        for frames in self.unacked.values():
-            try:
-                self.sock.send_multipart(frames, zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        self.outbox = list(self.unacked.values()) + [r for r in self.outbox if r[0]["outcome"] == protocol.REFUSED]
+        self.flush_results()
         self.next_resend = time.monotonic() + 5 * self.heartbeat_s
+
+    def flush_results(self):
+        """Send the RESULTs of this turn of the loop, many to a message."""
+        while self.outbox:
+            chunk, self.outbox = self.outbox[:RESULTS_PER_MESSAGE], self.outbox[RESULTS_PER_MESSAGE:]
+            results, blobs = [], []
+            for fields, blob in chunk:
+                if blob is not None:
+                    fields = dict(fields, blob=len(blobs))
+                    blobs.append(blob)
+                results.append(fields)
+            self.send(protocol.RESULT, {"results": results}, blobs)
 
     # -- messages from the supervisor --------------------------------------
     def on_message(self, frames):
@@ -219,8 +283,9 @@ class Runner(object):
             for task in header.get("tasks") or []:
                 index = task.get("blob", 0)
                 self.on_task(task, blobs[index] if index < len(blobs) else b"")
+            self.start_pending()
         elif command == protocol.ACK:
-            for task_id, attempt in header.get("acks") or [[header.get("task_id"), header.get("attempt")]]:
+            for task_id, attempt in header.get("acks") or []:
                 self.unacked.pop((task_id, attempt), None)
         elif command == protocol.CANCEL:
             self.on_cancel(header.get("task_id"), header.get("attempt"))
@@ -244,76 +309,135 @@ class Runner(object):
     def on_task(self, header, function_bytes):
         key = (header.get("task_id"), header.get("attempt"))
         if key in self.unacked:
-            self.sock.send_multipart(self.unacked[key], zmq.NOBLOCK)
+            self.outbox.append(self.unacked[key])
             return
-        if any(s.task and (s.task["task_id"], s.task["attempt"]) == key for s in self.slots):
+        if any(e.key == key for s in self.slots for e in s.queue):
             return  # a duplicate dispatch of what we are running: ignore
         if self.draining:
             self.finish(header, {"outcome": protocol.REFUSED, "reason": "runner is stopping"})
             return
         self.pending.append((header, function_bytes))
-        self.start_pending()
+
+    def is_short(self, function_hash):
+        return self.run_s.get(function_hash, SHORT_RUN_S) < SHORT_RUN_S
 
     def start_pending(self):
+        """Give queued tasks to idle slots: one at a time, or a batch of short ones (a share of what is queued)."""
+        now = None
         for slot in self.slots:
             if not self.pending:
                 return
-            if slot.task is None:
-                header, function_bytes = self.pending.popleft()
-                slot.assign(header, function_bytes)
-                log.debug("task %s attempt %s started in slot %d", header["task_id"], header["attempt"], slot.index)
+            if slot.queue:
+                continue
+            take = 1
+            if self.is_short(self.pending[0][0]["function_hash"]):
+                take = min(BATCH_MAX, -(-len(self.pending) // len(self.slots)))
+            items = [self.pending.popleft()]
+            while self.pending and len(items) < take and self.is_short(self.pending[0][0]["function_hash"]):
+                items.append(self.pending.popleft())
+            slot.assign(items, now or time.monotonic())
+            self.watch(slot)
+            if len(items) > 1:
+                log.debug("slot %d: %d short tasks given to its process in one batch", slot.index, len(items))
+
+    def watch(self, slot):
+        """Poll the result pipe of the slot's current child (and no older one)."""
+        for fd in [fd for fd, s in self.slot_by_fd.items() if s is slot and fd != slot.fd]:
+            self.poller.unregister(fd)
+            del self.slot_by_fd[fd]
+        if slot.fd is not None and slot.fd not in self.slot_by_fd:
+            self.slot_by_fd[slot.fd] = slot
+            self.poller.register(slot.fd, zmq.POLLIN)
 
     def on_cancel(self, task_id, attempt):
-        for header, blob in list(self.pending):
-            if (header["task_id"], header["attempt"]) == (task_id, attempt):
-                self.pending.remove((header, blob))
-                self.finish(header, {"outcome": protocol.CANCELLED})
+        key = (task_id, attempt)
         for slot in self.slots:
-            if slot.task and (slot.task["task_id"], slot.task["attempt"]) == (task_id, attempt):
-                code = slot.kill()
-                logs, truncated = slot.read_logs()
-                header = slot.release()
-                self.finish(header, {"outcome": protocol.CANCELLED, "message": describe_exit(code),
-                                     "logs": logs, "logs_truncated": truncated})
+            if any(e.key == key for e in slot.queue):
+                self.read_results(slot)  # what already ended is reported as it ended
+        for header, blob in list(self.pending):
+            if (header["task_id"], header["attempt"]) == key:
+                self.pending.remove((header, blob))
+                self.finish(header, {"outcome": protocol.CANCELLED}, start=False)
+        for slot in self.slots:
+            entry = next((e for e in slot.queue if e.key == key and not e.cancelled), None)
+            if entry is None:
+                continue
+            if entry is not slot.queue[0] and slot.claims.cancel(entry.index):
+                entry.cancelled = True  # its child will skip it
+                self.finish(entry.header, {"outcome": protocol.CANCELLED})
+                continue
+            self.read_results(slot)
+            if slot.queue and slot.queue[0] is entry:  # running: kill its process (group)
+                self.end_child(slot, {"outcome": protocol.CANCELLED})
 
     # -- children ----------------------------------------------------------
-    def on_child_readable(self, slot):
+    def read_results(self, slot):
+        """Take every result the slot's child has written; notice if it died."""
+        if slot.results_in is None:
+            return
         try:
-            fields, blob = slot.conn.recv()
-            if "need_function" in fields:
-                slot.resend_function()
-                return
+            results = slot.results_in.recv_all()
         except (EOFError, OSError):
-            code = slot.collect_death()
-            fields, blob = {"outcome": protocol.ERROR, "exit_code": code, "error": {
-                "type": protocol.PROCESS_DIED, "message": describe_exit(code), "traceback": ""}}, None
+            results = None
+        now = time.monotonic()
+        for fields, blob in results or ():
+            entry = slot.queue.popleft()
+            slot.next_deadline(now)
+            if fields.get("skipped"):
+                continue  # cancelled before it started; already reported
+            if "need_function" in fields:  # the child evicted it: send it again, bytes included
+                slot.loaded.discard(fields["need_function"])
+                self.pending.appendleft((entry.header, entry.function_bytes))
+                continue
+            if fields.get("run_s") is not None:
+                fh = entry.header["function_hash"]
+                self.run_s[fh] = (self.run_s.get(fh, fields["run_s"]) + fields["run_s"]) / 2
+            self.finish(entry.header, fields, blob, start=False)
+        if results is None:
+            self.end_child(slot, None, died=True)
+        self.start_pending()
+
+    def end_child(self, slot, fields, died=False):
+        """The slot's child is gone (died) or must go (killed): report its running task, give the rest back."""
+        code = slot.collect_death() if died else slot.kill()
+        self.watch(slot)
         logs, truncated = slot.read_logs()
-        fields.update(logs=logs, logs_truncated=truncated)
-        self.finish(slot.release(), fields, blob)
+        running = slot.queue[0] if slot.queue else None
+        if running is not None and not running.cancelled and (not died or slot.started(running)):
+            if fields is None:
+                fields = {"outcome": protocol.ERROR, "exit_code": code, "error": {
+                    "type": protocol.PROCESS_DIED, "message": describe_exit(code), "traceback": ""}}
+            elif fields["outcome"] == protocol.CANCELLED:
+                fields["message"] = describe_exit(code)
+            fields.update(logs=logs, logs_truncated=truncated)
+            self.finish(running.header, fields, start=False)
+            rest = slot.take_unstarted()
+        else:  # it died between two tasks: nothing of the queue had started
+            rest = [(e.header, e.function_bytes) for e in slot.queue if not e.cancelled]
+            slot.queue.clear()
+            slot.deadline = None
+        self.pending.extendleft(reversed(rest))
+        self.start_pending()
 
     def check_deadlines(self, now):
         for slot in self.slots:
-            if slot.task and slot.deadline is not None and now >= slot.deadline:
-                slot.kill()
-                logs, truncated = slot.read_logs()
-                timeout = slot.task.get("timeout_s")
-                self.finish(slot.release(), {"outcome": protocol.ERROR, "logs": logs, "logs_truncated": truncated,
-                                             "error": {"type": protocol.TIMEOUT, "traceback": "",
-                                                       "message": "the task ran past its timeout_s of %ss "
-                                                                  "and was killed" % timeout}})
+            if slot.queue and slot.deadline is not None and now >= slot.deadline:
+                self.read_results(slot)  # it may have ended just now
+                if slot.queue and slot.deadline is not None and now >= slot.deadline:
+                    timeout = slot.task.get("timeout_s")
+                    self.end_child(slot, {"outcome": protocol.ERROR, "error": {
+                        "type": protocol.TIMEOUT, "traceback": "",
+                        "message": "the task ran past its timeout_s of %ss and was killed" % timeout}})
 
-    def finish(self, header, fields, blob=None):
-        """Send a task's RESULT and keep it until acknowledged."""
+    def finish(self, header, fields, blob=None, start=True):
+        """Queue a task's RESULT for sending and keep it until acknowledged."""
         fields.update(task_id=header["task_id"], attempt=header["attempt"], runner_id=self.runner_id)
-        frames = protocol.encode(protocol.RESULT, fields, [blob] if blob is not None else [])
+        result = (fields, blob)
         if fields["outcome"] != protocol.REFUSED:
-            self.unacked[(header["task_id"], header["attempt"])] = frames
-        try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            pass
-        log.debug("task %s attempt %s ended: %s", header["task_id"], header["attempt"], fields["outcome"])
-        self.start_pending()
+            self.unacked[(header["task_id"], header["attempt"])] = result
+        self.outbox.append(result)
+        if start:
+            self.start_pending()
 
     # -- housekeeping ------------------------------------------------------
     def start_draining(self, why):
@@ -323,7 +447,7 @@ class Runner(object):
             self.heartbeat(time.monotonic())
 
     def busy(self):
-        return sum(1 for s in self.slots if s.task) + len(self.pending)
+        return sum(len(s.queue) for s in self.slots) + len(self.pending)
 
     def heartbeat(self, now):
         pids = [s.proc.pid for s in self.slots if s.proc is not None]
@@ -331,6 +455,12 @@ class Runner(object):
         self.next_heartbeat = now + self.heartbeat_s
 
     def housekeeping(self, now):
+        self.check_deadlines(now)
+        if self.drain_requested:
+            self.start_draining(self.drain_requested)
+        if now < self.next_housekeeping and now < self.next_heartbeat:
+            return  # the rest needs doing a few times a second at most, not on every message
+        self.next_housekeeping = now + HOUSEKEEPING_S
         if now >= self.next_heartbeat:
             self.heartbeat(now)
         if now - self.last_heard > self.reconnect_after:
@@ -339,12 +469,9 @@ class Runner(object):
             self.reconnect_after = min(self.reconnect_after * 2, 30.0)  # back off while it stays away
         if self.unacked and now >= self.next_resend:
             self.resend_results()
-        if self.drain_requested:
-            self.start_draining(self.drain_requested)
         if self.exit_when_orphaned and not self.draining and os.getppid() != self.parent_pid:
             self.ack_grace_s = ORPHAN_ACK_GRACE_S
             self.start_draining("the process that started this runner is gone")
-        self.check_deadlines(now)
 
     def done_draining(self, now):
         """True once a draining runner has no task left and its results are acknowledged (or waited on long enough)."""
@@ -357,8 +484,8 @@ class Runner(object):
         return now - self.idle_since > self.ack_grace_s
 
     def timeout_ms(self, now):
-        wake = [self.next_heartbeat]
-        wake += [s.deadline for s in self.slots if s.task and s.deadline is not None]
+        wake = [min(self.next_heartbeat, self.next_housekeeping)]
+        wake += [s.deadline for s in self.slots if s.queue and s.deadline is not None]
         return max(0, int(1000 * (min(wake) - now))) + 1
 
     def serve(self):
@@ -366,18 +493,12 @@ class Runner(object):
         self.connect()
         while True:
             now = time.monotonic()
+            self.flush_results()
             if self.done_draining(now):
                 log.info("drained; exiting")
                 return 0
-            poller = zmq.Poller()
-            poller.register(self.sock, zmq.POLLIN)
-            readable_slots = {}
-            for slot in self.slots:
-                if slot.task is not None and slot.conn is not None:
-                    poller.register(slot.conn.fileno(), zmq.POLLIN)
-                    readable_slots[slot.conn.fileno()] = slot
             try:
-                events = dict(poller.poll(self.timeout_ms(now)))
+                events = dict(self.poller.poll(self.timeout_ms(now)))
             except zmq.ZMQError as exc:
                 if exc.errno == getattr(zmq, "EINTR", 4):
                     continue
@@ -390,9 +511,10 @@ class Runner(object):
                     except zmq.Again:
                         break
                     self.on_message(frames)
-            for fd, slot in readable_slots.items():
-                if fd in events and slot.task is not None and slot.conn is not None:
-                    self.on_child_readable(slot)
+            for fd in [fd for fd in events if fd in self.slot_by_fd]:
+                slot = self.slot_by_fd.get(fd)
+                if slot is not None:
+                    self.read_results(slot)
             self.housekeeping(time.monotonic())
 
     def close(self):

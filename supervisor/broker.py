@@ -69,6 +69,8 @@ class Broker:
         self.runners: dict[str, RunnerInfo] = {}
         self.ctx = zmq.asyncio.Context()
         self.sock = None
+        self._readable = asyncio.Event()  # the socket may have messages (set from its file descriptor)
+        self._waiting_sends = 0   # sends parked until the socket takes them (they keep their order)
         self.endpoint = None
         self._tasks: list[asyncio.Task] = []
         self.events = None
@@ -76,13 +78,16 @@ class Broker:
 
     async def start(self, dispatcher) -> None:
         self.dispatcher = dispatcher
-        self.sock = self.ctx.socket(zmq.ROUTER)
+        # a plain (non-asyncio) socket watched through its file descriptor: sends and receives that need no
+        # wait cost no future; it shares the asyncio context the CURVE authenticator serves
+        self.sock = zmq.Context.shadow(self.ctx.underlying).socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a reconnecting runner takes its identity back
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # tell us when a runner is not connected
         if self.settings.curve_secret_key:
             self._start_curve()
         self.sock.bind(self.settings.zmq_bind)
+        asyncio.get_running_loop().add_reader(self.sock.getsockopt(zmq.FD), self._readable.set)
         bound = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.endpoint = bound.replace("0.0.0.0", socket.gethostname())
         log.info("ZeroMQ ROUTER bound at %s", bound)
@@ -112,6 +117,7 @@ class Broker:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock.getsockopt(zmq.FD))
             self.sock.close(0)
         if self.auth is not None:
             self.auth.stop()
@@ -136,12 +142,38 @@ class Broker:
 
     # -- sending -----------------------------------------------------------
     async def _send(self, runner_id: str, command: bytes, header: dict, blobs=()) -> bool:
+        frames = [runner_id.encode()] + protocol.encode(command, header, blobs)
         try:
-            await self.sock.send_multipart([runner_id.encode()] + protocol.encode(command, header, blobs))
-            return True
+            if not self._waiting_sends:
+                try:  # the common case: the socket takes it at once
+                    self.sock.send_multipart(frames, zmq.NOBLOCK)
+                    return True
+                except zmq.Again:
+                    pass
+                finally:
+                    self._poke()
+            self._waiting_sends += 1
+            try:  # the runner's queue is full (high-water mark): wait for room, keeping the order of sends
+                while True:
+                    await asyncio.sleep(0.005)
+                    try:
+                        self.sock.send_multipart(frames, zmq.NOBLOCK)
+                        return True
+                    except zmq.Again:
+                        continue
+                    finally:
+                        self._poke()
+            finally:
+                self._waiting_sends -= 1
         except zmq.ZMQError as exc:  # EHOSTUNREACH: not connected (right now); liveness decides what follows
             log.debug("cannot send %s to runner %s: %s", command.decode(), runner_id, exc)
             return False
+
+    def _poke(self) -> None:
+        """Wake the receive loop if messages are waiting. The descriptor only signals edges, and any operation
+        on the socket (a send too) may consume one, so this is checked after each of them."""
+        if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._readable.set()
 
     async def send_tasks(self, runner: RunnerInfo, items: list[tuple[dict, bytes]]) -> None:
         """One TASK message carrying every (header, function body) leased to this runner in one dispatch."""
@@ -163,12 +195,17 @@ class Broker:
     async def _receive_loop(self) -> None:
         """Handle messages in arrival order; RESULTs that arrived together are recorded in one commit."""
         while True:
-            batch = [await self.sock.recv_multipart(copy=True)]
+            batch = []
             while len(batch) < RECEIVE_BATCH:
                 try:
-                    batch.append(await self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=True))
+                    batch.append(self.sock.recv_multipart(zmq.NOBLOCK))
                 except zmq.Again:
                     break
+            if not batch:
+                self._readable.clear()
+                self._poke()
+                await self._readable.wait()
+                continue
             results = []
             for frames in batch:
                 try:
@@ -177,8 +214,13 @@ class Broker:
                         continue
                     runner_id, runner, command, header, blobs = decoded
                     if command == protocol.RESULT:
-                        results.append((runner if runner and not runner.lost else None,
-                                        dict(header, runner_id=runner_id), blobs))
+                        holder = runner if runner and not runner.lost else None
+                        for result in header.get("results") or ():
+                            if isinstance(result, dict):
+                                index = result.pop("blob", None)
+                                blob = blobs[index] if isinstance(index, int) and 0 <= index < len(blobs) else None
+                                result["runner_id"] = runner_id
+                                results.append((holder, result, blob))
                         continue
                     if results:
                         await self.dispatcher.on_results(results)

@@ -322,7 +322,7 @@ class Dispatcher:
         plan = Plan()
         acks = []
         async with self._lock:
-            for runner, header, blobs in results:
+            for runner, header, blob in results:
                 task_id, attempt = header.get("task_id"), header.get("attempt")
                 runner_id = runner.id if runner else header.get("runner_id")
                 acks.append((runner_id, task_id, attempt))
@@ -334,7 +334,7 @@ class Dispatcher:
                              task_id, attempt, header.get("outcome"), runner_id)
                     self._emit("stale_result", None)
                 else:
-                    self._record(plan, task, runner, header, blobs[0] if blobs else None)
+                    self._record(plan, task, runner, header, blob)
             await self._commit(plan)
         await self._after(plan)
         if self.broker is not None:

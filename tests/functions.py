@@ -22,6 +22,10 @@ SOURCES = {
                        "    time.sleep(s)\n    return 'slept'\n"),
     # sleeps, then returns the pid of the process that ran it: tells attempts apart
     "slow_pid": "def run(s):\n    import os, time\n    time.sleep(s)\n    return os.getpid()\n",
+    # appends name to path after sleeping s seconds, or exits its process first: a step of a batch of short tasks
+    "step": ("def run(path, name, sleep_s=0.0, exit_code=None):\n    import os, time\n    time.sleep(sleep_s)\n"
+             "    if exit_code is not None:\n        os._exit(exit_code)\n"
+             "    with open(path, 'a') as f:\n        f.write(name + '\\n')\n    return name\n"),
     # the chaos workload: a short random sleep, then the token it was given
     "token": ("def run(token, sleep_s=0.0, path=None):\n    import time\n    time.sleep(sleep_s)\n"
               "    if path:\n        with open(path, 'a') as f:\n            f.write(token + '\\n')\n    return token\n"),
