@@ -51,6 +51,18 @@ def encode(command, header=None, blobs=()):
     return [VERSION, command, body] + list(blobs)
 
 
+def encode_tasks(tasks, blobs):
+    """TASK frames for task headers whose "kwargs" is JSON text already: it goes in as is, never decoded."""
+    parts = []
+    for task in tasks:
+        fields = dict(task)
+        kwargs = fields.pop("kwargs")
+        head = json.dumps(fields, separators=(",", ":"))
+        parts.append(head[:-1] + ',"kwargs":' + kwargs + "}")
+    body = '{"tasks":[' + ",".join(parts) + "]}"
+    return [VERSION, TASK, body.encode("utf-8")] + list(blobs)
+
+
 def decode(frames):
     """(command, header dict, blobs) from frames (without the identity frame)."""
     if len(frames) < 3:

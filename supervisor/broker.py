@@ -141,8 +141,8 @@ class Broker:
         return best
 
     # -- sending -----------------------------------------------------------
-    async def _send(self, runner_id: str, command: bytes, header: dict, blobs=()) -> bool:
-        frames = [runner_id.encode()] + protocol.encode(command, header, blobs)
+    async def _send(self, runner_id: str, command: bytes, header: dict, blobs=(), frames=None) -> bool:
+        frames = [runner_id.encode()] + (frames or protocol.encode(command, header, blobs))
         try:
             if not self._waiting_sends:
                 try:  # the common case: the socket takes it at once
@@ -176,12 +176,13 @@ class Broker:
             self._readable.set()
 
     async def send_tasks(self, runner: RunnerInfo, items: list[tuple[dict, bytes]]) -> None:
-        """One TASK message carrying every (header, function body) leased to this runner in one dispatch."""
+        """One TASK message carrying every (header, function body) leased to this runner in one dispatch; each
+        header's kwargs is the task's stored JSON text."""
         bodies: dict[bytes, int] = {}
         headers = []
         for header, body in items:
             headers.append(dict(header, blob=bodies.setdefault(body, len(bodies))))
-        await self._send(runner.id, protocol.TASK, {"tasks": headers}, list(bodies))
+        await self._send(runner.id, protocol.TASK, {}, frames=protocol.encode_tasks(headers, bodies))
 
     async def send_acks(self, runner_id: str | None, acks: list[list]) -> None:
         """One ACK message for every (task_id, attempt) whose result from this runner is stored."""

@@ -170,20 +170,27 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Dispatch whenever something changed; do the time-driven work a few times a second."""
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
-            try:
-                now = self.clock()
-                if now >= self.next_tick:
-                    self.next_tick = now + TICK_S
-                    await self.tick(now)
-                await self.pump()
-            except Exception:  # keep dispatching; the failure is logged with its traceback
-                log.exception("dispatch loop iteration failed")
+        loop = asyncio.get_running_loop()
+
+        def tick():  # a timer, not a timeout per wait: waking up costs no task or timer of its own
+            self._wake.set()
+            self._ticker = loop.call_later(TICK_S, tick)
+
+        tick()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                try:
+                    now = self.clock()
+                    if now >= self.next_tick:
+                        self.next_tick = now + TICK_S
+                        await self.tick(now)
+                    await self.pump()
+                except Exception:  # keep dispatching; the failure is logged with its traceback
+                    log.exception("dispatch loop iteration failed")
+        finally:
+            self._ticker.cancel()
 
     async def _commit(self, plan: Plan) -> None:
         """Commit every planned transition in one transaction, then apply each in memory (caller holds the lock)."""
@@ -215,20 +222,26 @@ class Dispatcher:
             return
         plan = Plan()
         async with self._lock:
-            now = self.clock()
-            for worker, heap in self.ready.items():
-                while heap:
-                    runner = self.broker.best_runner(worker)
-                    if runner is None:
-                        break
-                    _, _, task_id = heapq.heappop(heap)
-                    task = self.active.get(task_id)
-                    if task is None or task.status != tasks.NOT_RUN_YET or task.planned:
-                        continue  # cancelled or ended while queued
-                    body = await self._function_body(task.function_hash)
-                    self._plan_dispatch(plan, task, runner, body, now)
+            await self._plan_ready(plan)
             await self._commit(plan)
         await self._after(plan)
+
+    async def _plan_ready(self, plan: Plan) -> None:
+        """Plan leases of ready tasks to runners with credit (caller holds the lock)."""
+        if not self.accepting or self.broker is None:
+            return
+        now = self.clock()
+        for worker, heap in self.ready.items():
+            while heap:
+                runner = self.broker.best_runner(worker)
+                if runner is None:
+                    break
+                _, _, task_id = heapq.heappop(heap)
+                task = self.active.get(task_id)
+                if task is None or task.status != tasks.NOT_RUN_YET or task.planned:
+                    continue  # cancelled or ended while queued
+                body = await self._function_body(task.function_hash)
+                self._plan_dispatch(plan, task, runner, body, now)
 
     def _plan_dispatch(self, plan: Plan, task: Active, runner, body: bytes, now: float) -> None:
         attempt = task.attempts + 1
@@ -244,7 +257,7 @@ class Dispatcher:
             self._emit("dispatched", task, wait_s=now - task.queued_at)
             plan.tasks.setdefault(runner, []).append(({
                 "task_id": task.id, "attempt": attempt, "function_hash": task.function_hash,
-                "kwargs": json.loads(task.kwargs), "timeout_s": task.timeout_s}, body))
+                "kwargs": task.kwargs, "timeout_s": task.timeout_s}, body))
 
         def stale():
             runner.leases.discard(lease)
@@ -335,6 +348,7 @@ class Dispatcher:
                     self._emit("stale_result", None)
                 else:
                     self._record(plan, task, runner, header, blob)
+            await self._plan_ready(plan)  # the slots these results freed: leased in the same commit
             await self._commit(plan)
         await self._after(plan)
         if self.broker is not None:
