@@ -30,8 +30,10 @@ def aggregate(path: str, top: int) -> list[tuple[float, str]]:
             if not stack:
                 continue
             frames = stack.split(";")
-            if any(x in frames[-1] for x in ("select (selectors.py", "_connection_worker_thread (aiosqlite")):
-                continue  # idle: waiting in epoll, or the database thread waiting for a job
+            if any(x in frames[-1] for x in ("select (selectors.py", "_connection_worker_thread (aiosqlite",
+                                             "Runner.run (asyncio/runners.py", "run (uvloop/")):
+                continue  # idle: waiting in epoll (uvloop's loop is C: its wait shows as the Python frame that
+                # started it), or the database thread waiting for a job
             total += int(n)
             seen = set()
             for fr in frames:

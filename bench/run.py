@@ -293,6 +293,13 @@ def baseline_sqlite(n: int = 20000) -> float:
 
 
 # -- the run -----------------------------------------------------------------------------------------
+def median_run(runs: list[dict], key: str) -> dict:
+    """The run whose `key` is the median of the runs (the lower middle for an even count), with every run's value."""
+    chosen = dict(sorted(runs, key=lambda r: r[key])[(len(runs) - 1) // 2])
+    chosen["runs_" + key] = [r[key] for r in runs]
+    return chosen
+
+
 def start_supervisor(tmp: str, db: str, workers=None) -> Supervisor:
     return Supervisor(tmp, workers=workers or WORKERS, db=db, **SETTINGS).start()
 
@@ -316,16 +323,21 @@ async def measure(args) -> dict:
     try:
         runner_pid = sup.client.live_runners("py38")[0]["pid"]
         await t1_throughput(base, fn_b64, n=500)  # warm-up (function cache, connections)
-        print("T1 ...", file=sys.stderr)
-        c0 = cpu_snapshot(sup.proc.pid, runner_pid)
-        results["T1"] = await t1_throughput(base, fn_b64, n=args.t1_tasks)
-        results["T1"]["cpu_per_task"] = cpu_per_task(c0, cpu_snapshot(sup.proc.pid, runner_pid), args.t1_tasks)
-        print("T2 ...", file=sys.stderr)
-        c0 = cpu_snapshot(sup.proc.pid, runner_pid)
-        results["T2"] = await t2_batch(base, fn_b64, n=args.t2_tasks)
-        results["T2"]["cpu_per_task"] = cpu_per_task(c0, cpu_snapshot(sup.proc.pid, runner_pid), args.t2_tasks)
-        print("T3 ...", file=sys.stderr)
-        results["T3"] = await t3_latency(base, fn_b64, n=args.t3_round_trips)
+        t1, t2, t3 = [], [], []
+        for i in range(args.repeat):  # interleaved, so a noisy stretch of the shared machine hits all three
+            print(f"T1, T2, T3 (run {i + 1} of {args.repeat}) ...", file=sys.stderr)
+            c0 = cpu_snapshot(sup.proc.pid, runner_pid)
+            t1.append(await t1_throughput(base, fn_b64, n=args.t1_tasks))
+            t1[-1]["cpu_per_task"] = cpu_per_task(c0, cpu_snapshot(sup.proc.pid, runner_pid), args.t1_tasks)
+            c0 = cpu_snapshot(sup.proc.pid, runner_pid)
+            t2.append(await t2_batch(base, fn_b64, n=args.t2_tasks))
+            t2[-1]["cpu_per_task"] = cpu_per_task(c0, cpu_snapshot(sup.proc.pid, runner_pid), args.t2_tasks)
+            t3.append(await t3_latency(base, fn_b64, n=args.t3_round_trips))
+        results["T1"] = median_run(t1, "tasks_per_s")
+        results["T2"] = median_run(t2, "tasks_per_s")
+        results["T3"] = median_run(t3, "p50_ms")
+        results["T3"]["runs_p99_ms"] = [r["p99_ms"] for r in t3]
+        results["T3"]["runs_max_ms"] = [r["max_ms"] for r in t3]
         idle_wait = time.monotonic() + 2
         while time.monotonic() < idle_wait:
             await asyncio.sleep(0.2)
@@ -406,7 +418,7 @@ TARGETS = [("T1 tasks/s", lambda r: r["T1"]["tasks_per_s"], ">=", 4000),
            ("T2 tasks/s", lambda r: r["T2"]["tasks_per_s"], ">=", 10000),
            ("T3 p50 ms", lambda r: r["T3"]["p50_ms"], "<=", 1.5),
            ("T3 p99 ms", lambda r: r["T3"]["p99_ms"], "<=", 5),
-           ("T3 max ms", lambda r: r["T3"]["max_ms"], "<=", 50),
+           ("T3 max ms (of every run)", lambda r: max(r["T3"].get("runs_max_ms", [r["T3"]["max_ms"]])), "<=", 50),
            ("T4 status p99 ms", lambda r: r["T4"]["status_lookup"]["p99_ms"], "<=", 2),
            ("T4 T1 / empty T1", lambda r: r["T4"]["T1_ratio_to_empty"], ">=", 0.8),
            ("T4 bytes/task", lambda r: r["T4"]["bytes_per_task_submitted_via_api"], "<=", 600),
@@ -427,6 +439,9 @@ def table(r: dict) -> str:
         met = v >= target if op == ">=" else v <= target
         lines.append(f"{name:32} {v:>12,.2f} {op + ' ' + str(target):>10}  {'yes' if met else 'NO'}")
     lines += ["",
+              f"medians of {len(r['T1']['runs_tasks_per_s'])} runs; every run: T1 {r['T1']['runs_tasks_per_s']} tasks/s, "
+              f"T2 {r['T2']['runs_tasks_per_s']} tasks/s, T3 p50 {r['T3']['runs_p50_ms']} ms, "
+              f"p99 {r['T3']['runs_p99_ms']} ms",
               f"T1 without prefetch (a task only goes to a free slot): {r['T1_no_prefetch']['tasks_per_s']:,.0f} tasks/s",
               f"CPU per task, T1: {r['T1']['cpu_per_task']}",
               f"CPU per task, T2: {r['T2']['cpu_per_task']}",
@@ -453,6 +468,7 @@ def main(argv=None) -> int:
     p.add_argument("--t2-tasks", type=int, default=20000)
     p.add_argument("--t3-round-trips", type=int, default=1000)
     p.add_argument("--t4-rows", type=int, default=1_000_000)
+    p.add_argument("--repeat", type=int, default=3, help="runs of T1, T2 and T3; their medians are reported")
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
     p.add_argument("--json-only", action="store_true", help="print the figures as JSON on stdout, write no file")
     args = p.parse_args(argv)
