@@ -34,7 +34,7 @@ from tests.helpers import PYTHONS, SUPERVISOR_PYTHON, Supervisor, free_port, mak
 
 NOOP = "def run(x, y, z):\n    return x + y + z\n"
 # one runner, 2 slots, holding 2 more tasks queued (credit-based prefetch); T1 is also run without prefetch
-WORKERS = {"py38": {"python": "3.8", "interpreter": PYTHONS["py38"], "concurrency": 2, "prefetch": 16}}
+WORKERS = {"py38": {"python": "3.8", "interpreter": PYTHONS["py38"], "concurrency": 2, "prefetch": 128}}
 NO_PREFETCH = {"py38": {"python": "3.8", "interpreter": PYTHONS["py38"], "concurrency": 2, "prefetch": 0}}
 # production-like settings: default heartbeat, durable synchronous=NORMAL (a commit survives kill -9)
 SETTINGS = {"heartbeat_s": 1.0, "liveness": 3, "log_format": "text"}

@@ -52,13 +52,11 @@ def encode(command, header=None, blobs=()):
 
 
 def encode_tasks(tasks, blobs):
-    """TASK frames for task headers whose "kwargs" is JSON text already: it goes in as is, never decoded."""
-    parts = []
-    for task in tasks:
-        fields = dict(task)
-        kwargs = fields.pop("kwargs")
-        head = json.dumps(fields, separators=(",", ":"))
-        parts.append(head[:-1] + ',"kwargs":' + kwargs + "}")
+    """TASK frames for task headers {task_id, attempt, function_hash, kwargs, timeout_s, blob} whose kwargs is JSON
+    text already: it goes in as is, never decoded. Ids and hashes are the supervisor's own (no quoting needed)."""
+    parts = ['{"task_id":"%s","attempt":%d,"function_hash":"%s","timeout_s":%s,"blob":%d,"kwargs":%s}' % (
+        t["task_id"], t["attempt"], t["function_hash"], json.dumps(t["timeout_s"]), t["blob"], t["kwargs"])
+        for t in tasks]
     body = '{"tasks":[' + ",".join(parts) + "]}"
     return [VERSION, TASK, body.encode("utf-8")] + list(blobs)
 

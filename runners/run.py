@@ -31,6 +31,7 @@ LOG_TAIL_BYTES = child.LOG_TAIL_BYTES
 BATCH_MAX = 32                 # tasks given to one child in one write (only tasks of functions known to be short)
 SHORT_RUN_S = 0.002            # a function whose recent runs averaged less than this counts as short
 RESULTS_PER_MESSAGE = 256      # RESULTs sent together in one message
+RESULT_LINGER_S = 0.001        # while tasks still run, a result waits this long for others to share its message
 HOUSEKEEPING_S = 0.05          # how often the loop checks its parent, resends and heartbeats
 ACK_GRACE_S = 10.0             # after SIGTERM, how long an idle runner waits for its results' acks
 ORPHAN_ACK_GRACE_S = 3600.0    # the same for a runner whose supervisor died: wait for a new one
@@ -85,8 +86,6 @@ class Slot(object):
 
     def assign(self, items, now):
         """Give the child a batch of (header, function bytes) in one write; it runs them in order."""
-        if self.proc is not None and not self.proc.is_alive():
-            self.collect_death()  # it died idle: nothing of it to report
         if self.proc is None:
             self.start()
         self.claims.reset(len(items))
@@ -99,7 +98,16 @@ class Slot(object):
             batch.append((fh, None if fh in self.loaded else function_bytes, header.get("kwargs") or {}))
             self.loaded.add(fh)
             self.queue.append(Entry(header, function_bytes, index))
-        self.tasks_out.send(batch)
+        try:
+            self.tasks_out.send(batch)
+        except OSError:  # its child died while idle (nothing of it to report): start a new one
+            self.collect_death()
+            self.start()
+            self.claims.reset(len(items))
+            batch = [(fh, function_bytes if fb is None else fb, kw)
+                     for (fh, fb, kw), (_, function_bytes) in zip(batch, items)]
+            self.loaded = set(fh for fh, _, _ in batch)
+            self.tasks_out.send(batch)
         self.next_deadline(now)
 
     def next_deadline(self, now):
@@ -213,8 +221,9 @@ class Runner(object):
         self.drain_requested = None    # set by signal handlers; acted on by the loop
         self.ack_grace_s = ACK_GRACE_S
         self.idle_since = None
-        self.last_heard = self.next_heartbeat = self.next_resend = self.next_housekeeping = 0.0
+        self.last_heard = self.next_heartbeat = self.next_resend = self.next_housekeeping = self.flush_at = 0.0
         self.slot_by_fd = {}                       # result pipe fd -> slot, for the poller
+        self.in_slots = set()                      # (task_id, attempt) of every task given to a slot's child
         self.reconnect_after = self.heartbeat_s * self.liveness
         self.curve = load_curve(args.curve_key, args.curve_server_key)
         self.health_file = args.health_file
@@ -311,7 +320,7 @@ class Runner(object):
         if key in self.unacked:
             self.outbox.append(self.unacked[key])
             return
-        if any(e.key == key for s in self.slots for e in s.queue):
+        if key in self.in_slots:
             return  # a duplicate dispatch of what we are running: ignore
         if self.draining:
             self.finish(header, {"outcome": protocol.REFUSED, "reason": "runner is stopping"})
@@ -336,6 +345,7 @@ class Runner(object):
             while self.pending and len(items) < take and self.is_short(self.pending[0][0]["function_hash"]):
                 items.append(self.pending.popleft())
             slot.assign(items, now or time.monotonic())
+            self.in_slots.update((h["task_id"], h["attempt"]) for h, _ in items)
             self.watch(slot)
             if len(items) > 1:
                 log.debug("slot %d: %d short tasks given to its process in one batch", slot.index, len(items))
@@ -382,6 +392,7 @@ class Runner(object):
         now = time.monotonic()
         for fields, blob in results or ():
             entry = slot.queue.popleft()
+            self.in_slots.discard(entry.key)
             slot.next_deadline(now)
             if fields.get("skipped"):
                 continue  # cancelled before it started; already reported
@@ -401,6 +412,8 @@ class Runner(object):
         """The slot's child is gone (died) or must go (killed): report its running task, give the rest back."""
         code = slot.collect_death() if died else slot.kill()
         self.watch(slot)
+        for entry in slot.queue:  # each leaves the slot: reported, or back to the runner's queue
+            self.in_slots.discard(entry.key)
         logs, truncated = slot.read_logs()
         running = slot.queue[0] if slot.queue else None
         if running is not None and not running.cancelled and (not died or slot.started(running)):
@@ -435,6 +448,8 @@ class Runner(object):
         result = (fields, blob)
         if fields["outcome"] != protocol.REFUSED:
             self.unacked[(header["task_id"], header["attempt"])] = result
+        if not self.outbox:
+            self.flush_at = time.monotonic() + RESULT_LINGER_S
         self.outbox.append(result)
         if start:
             self.start_pending()
@@ -486,6 +501,8 @@ class Runner(object):
     def timeout_ms(self, now):
         wake = [min(self.next_heartbeat, self.next_housekeeping)]
         wake += [s.deadline for s in self.slots if s.queue and s.deadline is not None]
+        if self.outbox:
+            wake.append(self.flush_at)
         return max(0, int(1000 * (min(wake) - now))) + 1
 
     def serve(self):
@@ -493,7 +510,8 @@ class Runner(object):
         self.connect()
         while True:
             now = time.monotonic()
-            self.flush_results()
+            if self.outbox and (now >= self.flush_at or not any(s.queue for s in self.slots)):
+                self.flush_results()  # at once when idle; under load, several results to a message
             if self.done_draining(now):
                 log.info("drained; exiting")
                 return 0

@@ -142,6 +142,7 @@ async def serve(settings: config.Settings) -> int:
     await callbacks.stop()
     await broker.stop()
     await store.close()
+    transitions.write()  # the last transition lines, if their turn of the loop did not come
     log.info("supervisor stopped")
     return 0
 

@@ -178,7 +178,7 @@ async def accept(request: web.Request, specs: list[TaskSpec], batch: bool = Fals
     for row in rows:
         transitions.line(log, f"task {row['id']} attempt 0 worker {row['worker']} runner - -> NOT RUN YET (submit)",
                          {"task_id": row["id"], "attempt": 0, "worker": row["worker"], "event": "submit",
-                          "status": tasks.NOT_RUN_YET})
+                          "status": tasks.NOT_RUN_YET} if transitions.json else None)
     transitions.flush()
     events = request.app[STATE].get("events")
     if events is not None:

@@ -528,11 +528,11 @@ class Dispatcher:
     # -- logging and events ------------------------------------------------
     def _log(self, task: Active, event: str, **extra) -> None:
         _, to_status = tasks.TRANSITIONS[event] if event in tasks.TRANSITIONS else (None, task.status)
-        details = " ".join(f"{k}={v}" for k, v in extra.items() if v is not None)
+        details = " ".join(f"{k}={v}" for k, v in extra.items() if v is not None) if extra else ""
+        fields = ({"task_id": task.id, "attempt": task.attempts, "worker": task.worker, "runner": task.runner,
+                   "event": event, "status": to_status, **extra} if transitions.json else None)  # JSON lines only
         transitions.line(log, f"task {task.id} attempt {task.attempts} worker {task.worker} runner "
-                              f"{task.runner or '-'} -> {to_status} ({event}) {details}",
-                         {"task_id": task.id, "attempt": task.attempts, "worker": task.worker,
-                          "runner": task.runner, "event": event, "status": to_status, **extra})
+                              f"{task.runner or '-'} -> {to_status} ({event}) {details}", fields)
 
     def _emit(self, name: str, task: Active | None, **data) -> None:
         if self.events is not None:

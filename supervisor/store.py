@@ -15,6 +15,7 @@ commit crosses the auto-checkpoint threshold.
 import asyncio
 import json
 import logging
+import operator
 import os
 import sqlite3
 import time
@@ -77,6 +78,8 @@ TASK_COLUMNS = (
     "timeout_s", "max_retries", "retry_on_error", "unavailable_timeout_s", "callback_url",
     "submitted_at", "queued_at", "not_before",
 )
+INSERT_TASK = f"INSERT INTO tasks({', '.join(TASK_COLUMNS)}) VALUES ({', '.join('?' for _ in TASK_COLUMNS)})"
+TASK_VALUES = operator.itemgetter(*TASK_COLUMNS)  # a row dict's values in TASK_COLUMNS order
 SUMMARY_COLUMNS = "seq, id, worker, status, priority, attempts, labels, submitted_at, started_at, finished_at, runner"
 
 
@@ -218,9 +221,7 @@ class Store:
     async def insert_tasks(self, rows: list[dict], functions: list[tuple[str, bytes, str | None]]) -> None:
         """Store new tasks (and any new functions) in one transaction: after this returns they are durable."""
         statements = [self._put_function_sql(*f) for f in functions]
-        placeholders = ", ".join("?" for _ in TASK_COLUMNS)
-        sql = f"INSERT INTO tasks({', '.join(TASK_COLUMNS)}) VALUES ({placeholders})"
-        statements += [(sql, tuple(row[c] for c in TASK_COLUMNS)) for row in rows]
+        statements += [(INSERT_TASK, TASK_VALUES(row)) for row in rows]
         await self._write(statements)
 
     @staticmethod

@@ -2,9 +2,10 @@
 
 A task makes three or more lines (submit, dispatch, end), so these skip the logging module's per-record
 machinery (≈20 µs a line, the largest single cost per task in the profile): lines are formatted directly and
-written with one write per committed batch. Silence them like any logger: level WARNING for
+written with one write per turn of the event loop (every line of the commits and requests of that turn). Silence them like any logger: level WARNING for
 "supervisor.dispatch" (and "supervisor.api" for submit lines).
 """
+import asyncio
 import json
 import logging
 import sys
@@ -17,6 +18,7 @@ class TransitionLog:
         self.stream = sys.stderr
         self.buffer: list[str] = []
         self._second = -1
+        self._flush_scheduled = False
         self._stamp = ""
 
     def configure(self, fmt: str, stream=None) -> None:
@@ -41,6 +43,19 @@ class TransitionLog:
             self.buffer.append(f"{self._asctime(now)} {logger.name} INFO {message}")
 
     def flush(self) -> None:
+        """Write the buffered lines at the end of this turn of the event loop (at once outside a loop)."""
+        if not self.buffer or self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.write()
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self.write)
+
+    def write(self) -> None:
+        self._flush_scheduled = False
         if self.buffer:
             text, self.buffer = "\n".join(self.buffer) + "\n", []
             try:
