@@ -127,7 +127,9 @@ def child_main(task_fd, result_fd, log_path, claims):
                     continue
                 fields, blob = run_task(cache, request)
                 if "need_function" not in fields:
-                    fields["logs"], fields["logs_truncated"] = _take_output()
+                    logs, truncated = _take_output()
+                    if logs:  # nothing printed: nothing to send
+                        fields["logs"], fields["logs_truncated"] = logs, truncated
                 results.send((fields, blob))
 
 

@@ -13,8 +13,9 @@ VERSION = b"SUP1"
 
 # runner -> supervisor
 READY = b"READY"          # {runner_id, worker, python, host, pid, slots, running: [[task_id, attempt]]}
-RESULT = b"RESULT"        # {results: [{task_id, attempt, outcome, ..., blob}]}; blobs: result pickles, each
-                          # result's "blob" (when present) is the index of its own
+RESULT = b"RESULT"        # {results: [{task_id, attempt, outcome, ..., logs, blob}]}; blobs: result pickles,
+                          # each result's "blob" (when present) is the index of its own; no "logs": it printed
+                          # nothing
 # supervisor -> runner
 TASK = b"TASK"            # {tasks: [{task_id, attempt, function_hash, kwargs, timeout_s, blob}]}; blobs: the
                           # distinct function bodies, each task's "blob" is the index of its own

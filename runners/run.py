@@ -444,7 +444,7 @@ class Runner(object):
 
     def finish(self, header, fields, blob=None, start=True):
         """Queue a task's RESULT for sending and keep it until acknowledged."""
-        fields.update(task_id=header["task_id"], attempt=header["attempt"], runner_id=self.runner_id)
+        fields.update(task_id=header["task_id"], attempt=header["attempt"])  # the supervisor knows who sent it
         result = (fields, blob)
         if fields["outcome"] != protocol.REFUSED:
             self.unacked[(header["task_id"], header["attempt"])] = result

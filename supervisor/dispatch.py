@@ -362,7 +362,7 @@ class Dispatcher:
     def _record(self, plan: Plan, task: Active, runner, header: dict, blob: bytes | None) -> None:
         outcome = header.get("outcome")
         now = self.clock()
-        common = {"finished_at": now, "run_s": header.get("run_s"), "logs": header.get("logs"),
+        common = {"finished_at": now, "run_s": header.get("run_s"), "logs": header.get("logs", ""),
                   "logs_truncated": int(bool(header.get("logs_truncated")))}
         if header.get("started_at"):  # when the child really started it (the runner may have queued it)
             common["started_at"] = header["started_at"]
