@@ -92,11 +92,15 @@ class Claims(object):
 
     def cancel(self, index):
         """In the runner: True if task `index` had not started and now never will."""
-        with self.lock:
+        if not self.lock.acquire(True, 1.0):  # a child killed while holding it: treat the task as started
+            return False
+        try:
             if self.started.value >= index:
                 return False
             self.cancelled[index] = 1
             return True
+        finally:
+            self.lock.release()
 
 
 def child_main(task_fd, result_fd, log_path, claims):
