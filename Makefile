@@ -51,7 +51,12 @@ chaos: setup
 	  --json var/chaos-latest.json
 
 # Speed and memory figures (issue: performance); JSON under bench/results/. Takes a few minutes.
+# T1's load generator is wrk (Debian's package, installed here if missing).
+WRK_INSTALL = command -v wrk >/dev/null || { echo "installing wrk"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends wrk; }
+
 bench: setup
+	@$(WRK_INSTALL)
 	$(SUP_PY) bench/run.py
 
 # The same T1-T3 on Celery (prefork -c2, Redis from Debian's redis-server) in the same run, with ratios.
@@ -62,6 +67,7 @@ $(VENVS)/bench/.ok: Makefile
 	touch $@
 
 bench-compare: setup $(VENVS)/bench/.ok
+	@$(WRK_INSTALL)
 	@command -v redis-server >/dev/null || { echo "installing redis-server"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends redis-server; }
 	$(VENVS)/bench/bin/python bench/celery_compare.py

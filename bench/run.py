@@ -17,7 +17,9 @@ import base64
 import json
 import os
 import platform
+import re
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -40,6 +42,12 @@ NO_PREFETCH = {"py38": {"python": "3.8", "interpreter": PYTHONS["py38"], "concur
 SETTINGS = {"heartbeat_s": 1.0, "liveness": 3, "log_format": "text"}
 
 
+# T1's load generator: wrk (C, one thread, a Lua script) when installed (`make bench` installs it), else the
+# aiohttp client below; the bare-handler baseline uses the same one
+WRK = shutil.which("wrk")
+WRK_SCRIPT = os.path.join(REPO, "bench", "post_n.lua")
+
+
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
@@ -57,9 +65,10 @@ def cpu_s(pid: int) -> float:
 
 def cpu_snapshot(sup_pid: int, runner_pid: int) -> dict:
     kids = open(f"/proc/{runner_pid}/task/{runner_pid}/children").read().split()
-    t = os.times()
+    t = os.times()  # the bench process and the load generators it has waited for (wrk)
     return {"supervisor": cpu_s(sup_pid), "runner": cpu_s(runner_pid),
-            "runner_children": sum(cpu_s(int(k)) for k in kids), "client": t.user + t.system}
+            "runner_children": sum(cpu_s(int(k)) for k in kids),
+            "client": t.user + t.system + t.children_user + t.children_system}
 
 
 def cpu_per_task(before: dict, after: dict, tasks: int) -> dict:
@@ -95,6 +104,42 @@ async def submit_many(base: str, body: bytes, n: int, concurrency: int, headers=
     return durations
 
 
+async def wrk_post(url: str, body: bytes, n: int, concurrency: int) -> dict:
+    """POST body n times (and at most concurrency - 1 more) over keep-alive connections with wrk."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
+        f.write(body)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            WRK, "-t1", f"-c{concurrency}", "-d300s", "-s", WRK_SCRIPT, url, "--", str(n), f.name,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        lines = []
+        while line := await proc.stdout.readline():
+            lines.append(line)
+            if line.startswith(b"WRK-DONE"):
+                proc.send_signal(signal.SIGINT)  # wrk waits out its duration otherwise
+        err = await proc.stderr.read()
+        await proc.wait()
+        out = b"".join(lines)
+    finally:
+        os.unlink(f.name)
+    m = re.search(r"WRK requests=(\d+) errors=(\d+) non2xx=(\d+) p50_us=(\d+) p99_us=(\d+)", out.decode())
+    if m is None:
+        raise RuntimeError(f"wrk failed: {out.decode()[-500:]} {err.decode()[-500:]}")
+    requests, errors, non2xx, p50_us, p99_us = map(int, m.groups())
+    if errors or non2xx:
+        raise RuntimeError(f"wrk: {errors} socket errors, {non2xx} non-2xx replies")
+    return {"requests": requests, "p50_ms": p50_us / 1e3, "p99_ms": p99_us / 1e3}
+
+
+async def post_load(url: str, body: bytes, n: int, concurrency: int) -> dict:
+    """n POSTs from `concurrency` keep-alive connections: {requests, p50_ms, p99_ms, client}."""
+    if WRK:
+        return dict(await wrk_post(url, body, n, concurrency), client="wrk")
+    durations = await submit_many(url, body, n, concurrency)
+    return {"requests": n, "p50_ms": round(pct(durations, 50) * 1e3, 2), "p99_ms": round(pct(durations, 99) * 1e3, 2),
+            "client": "aiohttp"}
+
+
 async def wait_all_done(base: str, worker: str, expected_done: int, timeout: float = 600) -> float:
     """Poll the worker's queue (a cheap call, every 20 ms) until nothing is queued or in flight, then check the
     finished counter once; returns the time the queue was seen empty."""
@@ -123,12 +168,13 @@ async def t1_throughput(base: str, fn_b64: str, n: int = 5000, concurrency: int 
     body = json.dumps({"worker": "py38", "function": fn_b64, "kwargs": {"x": 1, "y": 2, "z": 3}}).encode()
     before = await finished_count(base, "py38")
     t0 = time.perf_counter()
-    durations = await submit_many(base + "/api/v1/tasks", body, n, concurrency)
+    load = await post_load(base + "/api/v1/tasks", body, n, concurrency)
     t_submitted = time.perf_counter()
     t_done = await wait_all_done(base, "py38", before + n)
-    return {"tasks": n, "concurrency": concurrency, "tasks_per_s": round(n / (t_done - t0), 1),
-            "submit_per_s": round(n / (t_submitted - t0), 1), "submit_p50_ms": round(pct(durations, 50) * 1e3, 2),
-            "submit_p99_ms": round(pct(durations, 99) * 1e3, 2), "seconds": round(t_done - t0, 3)}
+    done = await finished_count(base, "py38") - before  # wrk may send up to concurrency - 1 more than n
+    return {"tasks": done, "concurrency": concurrency, "client": load["client"],
+            "tasks_per_s": round(done / (t_done - t0), 1), "submit_per_s": round(load["requests"] / (t_submitted - t0), 1),
+            "submit_p50_ms": load["p50_ms"], "submit_p99_ms": load["p99_ms"], "seconds": round(t_done - t0, 3)}
 
 
 async def t2_batch(base: str, fn_b64: str, n: int = 20000, batch: int = 500, concurrency: int = 4) -> dict:
@@ -263,8 +309,8 @@ async def baseline_http(n: int = 5000, concurrency: int = 16) -> float:
             await asyncio.sleep(0.05)
         body = json.dumps({"worker": "py38", "function": "A" * 400, "kwargs": {"x": 1, "y": 2, "z": 3}}).encode()
         t0 = time.perf_counter()
-        await submit_many(f"http://127.0.0.1:{port}/", body, n, concurrency)
-        return n / (time.perf_counter() - t0)
+        load = await post_load(f"http://127.0.0.1:{port}/", body, n, concurrency)
+        return load["requests"] / (time.perf_counter() - t0)
     finally:
         proc.terminate()
         proc.wait()

@@ -26,6 +26,7 @@ FUNCTION_CACHE = 256  # function bodies kept in memory for dispatch
 RECENT_RESULTS = 1024  # outcomes kept in memory for long-polls that were waiting when their task ended
 EXPIRY_SCAN_S = 1.0   # how often queues of workers without runners are checked for WorkerUnavailable
 TICK_S = 0.1          # how often time-driven work (backoff, WorkerUnavailable, orphan leases) runs
+DISPATCH_LINGER_S = 0.001  # under load, dispatch rounds are this far apart so each leases more tasks at once
 
 
 @dataclasses.dataclass(eq=False)
@@ -177,16 +178,21 @@ class Dispatcher:
             self._ticker = loop.call_later(TICK_S, tick)
 
         tick()
+        last = 0.0
         try:
             while True:
                 await self._wake.wait()
+                wait = last + DISPATCH_LINGER_S - loop.time()
+                if wait > 0:  # the last round leased tasks just now: let more arrive (when idle, no wait)
+                    await asyncio.sleep(wait)
                 self._wake.clear()
                 try:
                     now = self.clock()
                     if now >= self.next_tick:
                         self.next_tick = now + TICK_S
                         await self.tick(now)
-                    await self.pump()
+                    if await self.pump():
+                        last = loop.time()
                 except Exception:  # keep dispatching; the failure is logged with its traceback
                     log.exception("dispatch loop iteration failed")
         finally:
@@ -216,15 +222,18 @@ class Dispatcher:
             await send
         plan.after = []
 
-    async def pump(self) -> None:
-        """Lease ready tasks to the runners with the most free slots, highest priority first; one commit."""
+    async def pump(self) -> int:
+        """Lease ready tasks to the runners with the most free slots, highest priority first; one commit.
+        Returns how many transitions were planned."""
         if not self.accepting or self.broker is None:
-            return
+            return 0
         plan = Plan()
         async with self._lock:
             await self._plan_ready(plan)
+            planned = len(plan.items)
             await self._commit(plan)
         await self._after(plan)
+        return planned
 
     async def _plan_ready(self, plan: Plan) -> None:
         """Plan leases of ready tasks to runners with credit (caller holds the lock)."""
