@@ -202,7 +202,17 @@ class Dispatcher:
         """Commit every planned transition in one transaction, then apply each in memory (caller holds the lock)."""
         if plan.items:
             items, plan.items = plan.items, []
-            applied = await self.store.transitions([(t.id, event, t.attempts, fields) for t, event, fields, _, _ in items])
+            try:
+                applied = await self.store.transitions([(t.id, event, t.attempts, fields)
+                                                        for t, event, fields, _, _ in items])
+            except Exception:  # the transaction failed: nothing of the plan happened
+                for task, event, _, _, on_stale in items:
+                    task.planned = False
+                    if on_stale is not None:
+                        on_stale()
+                    if event == "dispatch":
+                        self._enqueue(task)  # it was taken off its queue for this plan
+                raise
             for (task, event, _, on_applied, on_stale), ok in zip(items, applied):
                 task.planned = False
                 if ok:
@@ -277,7 +287,9 @@ class Dispatcher:
     async def _function_body(self, function_hash: str) -> bytes:
         body = self.functions.get(function_hash)
         if body is None:
-            body = await self.store.function_body(function_hash) or b""
+            body = await self.store.function_body(function_hash)
+            if body is None:
+                return b""  # not stored (cannot happen for a stored task): the runner reports UnpicklingError
             self.functions[function_hash] = body
             if len(self.functions) > FUNCTION_CACHE:
                 self.functions.popitem(last=False)
