@@ -17,7 +17,6 @@ routes = web.RouteTableDef()
 LIST_LIMIT_MAX = 1000
 PICKLE_PYTHONS: dict = {}  # function id -> what pickle_pythons() said (a bounded cache)
 MISSING = object()
-FUNCTION_INFO: dict = {}  # function id -> its stored info (a bounded cache)
 BATCH_MAX = 10000
 
 # the app keys the routes need; set by supervisor.__main__
@@ -134,13 +133,7 @@ async def resolve_function(request: web.Request, spec: TaskSpec) -> tuple[str, t
                 PICKLE_PYTHONS.pop(next(iter(PICKLE_PYTHONS)))
         check_python(spec.worker, worker_python, made_by, spec.python)
         return fid, (fid, spec.function, ",".join(made_by) if made_by else None)
-    info = FUNCTION_INFO.get(spec.function_id)
-    if info is None:  # stored functions never change (content-addressed): look each up once
-        info = await request.app[STORE].function_info(spec.function_id)
-        if info is not None:
-            FUNCTION_INFO[spec.function_id] = info
-            if len(FUNCTION_INFO) > 4096:
-                FUNCTION_INFO.pop(next(iter(FUNCTION_INFO)))
+    info = await request.app[STORE].function_info(spec.function_id)
     if info is None:
         raise ApiError(422, "unknown_function", f"no stored function {spec.function_id}; store it first with "
                                                 f"POST /api/v1/functions")

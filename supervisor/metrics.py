@@ -137,7 +137,7 @@ class Metrics:
             finally:
                 route = request.match_info.route.resource
                 name = route.canonical if route is not None else "unmatched"
-                self.http.labels(name, request.method, str(status)).observe(time.perf_counter() - t0)
+                self._child(self.http, name, request.method, str(status)).observe(time.perf_counter() - t0)
         return timed
 
     async def handler(self, request: web.Request) -> web.Response:

@@ -86,6 +86,7 @@ SUMMARY_COLUMNS = "seq, id, worker, status, priority, attempts, labels, submitte
 # page caches (SQLite's default is 2 MiB): the index pages a million-task history touches stay in memory
 WRITER_CACHE_KIB = 32 * 1024
 READER_CACHE_KIB = 16 * 1024
+FUNCTIONS_KNOWN = 4096  # stored functions whose info is kept in memory
 CHECKPOINT_EVERY_S = 0.5  # how often the WAL is copied back into the database file (off the loop)
 
 
@@ -102,6 +103,7 @@ class Store:
         self._pending: list[tuple[list, asyncio.Future]] = []
         self._flush_scheduled = False
         self.on_write = None  # called with each write transaction's duration in seconds (metrics)
+        self._stored: dict[str, dict | None] = {}  # hashes of functions known stored (never deleted): their info
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -201,16 +203,29 @@ class Store:
         return ("INSERT OR IGNORE INTO functions(hash, body, python, created_at) VALUES (?, ?, ?, ?)",
                 (function_hash, body, python, time.time()))
 
+    def _known(self, function_hash: str, info: dict | None) -> None:
+        """Remember a function is stored, with its info once read back (None until then)."""
+        self._stored[function_hash] = info
+        if len(self._stored) > FUNCTIONS_KNOWN:
+            self._stored.pop(next(iter(self._stored)))
+
     async def put_function(self, function_hash: str, body: bytes, python: str | None) -> bool:
         """Store a function once per hash; True if it was new."""
         (count,) = await self._write([self._put_function_sql(function_hash, body, python)])
         return count == 1
 
     async def function_info(self, function_hash: str) -> dict | None:
-        async with self._reader.execute("SELECT hash, python, length(body) AS size FROM functions WHERE hash=?",
-                                        (function_hash,)) as cur:
-            row = await cur.fetchone()
-        return dict(row) if row else None
+        """{hash, python, size} of a stored function, or None; looked up once per hash."""
+        info = self._stored.get(function_hash)
+        if info is None:
+            async with self._reader.execute("SELECT hash, python, length(body) AS size FROM functions WHERE hash=?",
+                                            (function_hash,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            info = dict(row)
+            self._known(function_hash, info)
+        return info
 
     async def function_body(self, function_hash: str) -> bytes | None:
         async with self._reader.execute("SELECT body FROM functions WHERE hash=?", (function_hash,)) as cur:
@@ -220,9 +235,12 @@ class Store:
     # -- tasks -------------------------------------------------------------
     async def insert_tasks(self, rows: list[dict], functions: list[tuple[str, bytes, str | None]]) -> None:
         """Store new tasks (and any new functions) in one transaction: after this returns they are durable."""
+        functions = [f for f in functions if f[0] not in self._stored]  # stored already: no INSERT again
         statements = [self._put_function_sql(*f) for f in functions]
         statements += [(INSERT_TASK, TASK_VALUES(row)) for row in rows]
         await self._write(statements)
+        for function_hash, _, _ in functions:
+            self._known(function_hash, None)  # stored now (or before: INSERT OR IGNORE keeps the first row)
 
     @staticmethod
     def _transition_sql(task_id: str, event: str, attempt: int, fields: dict) -> tuple[str, tuple]:

@@ -6,11 +6,19 @@ import json
 from supervisor import tasks
 
 
+_SECOND = [None, ""]  # the last whole second formatted, and its text
+
+
 def iso(ts: float | None) -> str | None:
+    """UTC ISO 8601 with milliseconds, e.g. 2026-11-22T10:00:00.123Z (the date part formatted once a second)."""
     if ts is None:
         return None
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
+    second, us = int(ts), round((ts - int(ts)) * 1e6)  # as datetime.fromtimestamp rounds
+    if us >= 1_000_000:
+        second, us = second + 1, us - 1_000_000
+    if second != _SECOND[0]:
+        _SECOND[:] = second, datetime.datetime.fromtimestamp(second, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_SECOND[1]}.{us // 1000:03d}Z"
 
 
 def outcome_fields(rec: dict) -> dict:
