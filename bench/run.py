@@ -514,7 +514,7 @@ def main(argv=None) -> int:
     p.add_argument("--t2-tasks", type=int, default=20000)
     p.add_argument("--t3-round-trips", type=int, default=1000)
     p.add_argument("--t4-rows", type=int, default=1_000_000)
-    p.add_argument("--repeat", type=int, default=3, help="runs of T1, T2 and T3; their medians are reported")
+    p.add_argument("--repeat", type=int, default=5, help="runs of T1, T2 and T3; their medians are reported")
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
     p.add_argument("--json-only", action="store_true", help="print the figures as JSON on stdout, write no file")
     args = p.parse_args(argv)

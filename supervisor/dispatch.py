@@ -536,8 +536,9 @@ class Dispatcher:
             return
         event = self.waiters.setdefault(task_id, asyncio.Event())
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):  # no task of its own, unlike wait_for: woken a turn sooner
+                await event.wait()
+        except TimeoutError:
             pass
 
     def stop_dispatching(self) -> None:
