@@ -221,7 +221,7 @@ class Dispatcher:
                     log.warning("task %s: %s found the row changed; leaving it", task.id, event)
                     if on_stale is not None:
                         on_stale()
-            transitions.flush()
+            transitions.write()  # now, before the long-polls these transitions woke can answer
 
     async def _after(self, plan: Plan) -> None:
         """What waits for the commit: messages to runners (one TASK message per runner)."""
