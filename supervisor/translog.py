@@ -2,7 +2,8 @@
 
 A task makes three or more lines (submit, dispatch, end), so these skip the logging module's per-record
 machinery (≈20 µs a line, the largest single cost per task in the profile): lines are formatted directly and
-written with one write per turn of the event loop (every line of the commits and requests of that turn). Silence them like any logger: level WARNING for
+written in bulk — a dispatcher commit's lines at once after it (before anyone it woke can answer), the submit
+lines of a turn of the event loop at the end of that turn. Silence them like any logger: level WARNING for
 "supervisor.dispatch" (and "supervisor.api" for submit lines).
 """
 import asyncio
