@@ -144,30 +144,29 @@ class Broker:
     async def _send(self, runner_id: str, command: bytes, header: dict, blobs=(), frames=None) -> bool:
         frames = [runner_id.encode()] + (frames or protocol.encode(command, header, blobs))
         try:
-            if not self._waiting_sends:
-                try:  # the common case: the socket takes it at once
-                    self.sock.send_multipart(frames, zmq.NOBLOCK)
-                    return True
-                except zmq.Again:
-                    pass
-                finally:
-                    self._poke()
+            if not self._waiting_sends and self._send_now(frames):  # the common case: the socket takes it at once
+                return True
             self._waiting_sends += 1
             try:  # the runner's queue is full (high-water mark): wait for room, keeping the order of sends
                 while True:
                     await asyncio.sleep(0.005)
-                    try:
-                        self.sock.send_multipart(frames, zmq.NOBLOCK)
+                    if self._send_now(frames):
                         return True
-                    except zmq.Again:
-                        continue
-                    finally:
-                        self._poke()
             finally:
                 self._waiting_sends -= 1
         except zmq.ZMQError as exc:  # EHOSTUNREACH: not connected (right now); liveness decides what follows
             log.debug("cannot send %s to runner %s: %s", command.decode(), runner_id, exc)
             return False
+
+    def _send_now(self, frames: list) -> bool:
+        """Send without waiting; False if the runner's queue is full (zmq.Again)."""
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+        finally:
+            self._poke()
 
     def _poke(self) -> None:
         """Wake the receive loop if messages are waiting. The descriptor only signals edges, and any operation
