@@ -33,6 +33,9 @@ GPU_FIGURES = (
 )
 
 
+HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+
+
 class Metrics:
     def __init__(self, settings):
         self.settings = settings
@@ -137,7 +140,8 @@ class Metrics:
             finally:
                 route = request.match_info.route.resource
                 name = route.canonical if route is not None else "unmatched"
-                self._child(self.http, name, request.method, str(status)).observe(time.perf_counter() - t0)
+                method = request.method if request.method in HTTP_METHODS else "other"  # labels stay bounded
+                self._child(self.http, name, method, str(status)).observe(time.perf_counter() - t0)
         return timed
 
     async def handler(self, request: web.Request) -> web.Response:

@@ -55,6 +55,12 @@ def test_counters_and_histograms_move_as_tasks_run_fail_and_are_rejected(tmp_pat
                      method="POST", status="202") == 4
         assert total(after, "supervisor_http_request_duration_seconds_count", route="/api/v1/tasks",
                      method="POST", status="422") == 2
+        for method in ("PROPFIND", "MKCOL", "LOCK"):  # methods no route has share one label value
+            assert c.request(method, "/api/v1/tasks").status == 405
+        odd = scrape(c)
+        assert total(odd, "supervisor_http_request_duration_seconds_count", route="unmatched",
+                     method="other", status="405") == 3
+        assert not [ls for (_, ls) in odd if ("method", "PROPFIND") in ls]
         assert value(after, "supervisor_sqlite_write_seconds_count") > value(before, "supervisor_sqlite_write_seconds_count")
         assert value(after, "process_resident_memory_bytes") > 0
         assert value(after, "supervisor_runners", worker="py36", state="idle") + \
