@@ -23,12 +23,14 @@ LOG_TAIL_BYTES = 64 * 1024  # the end of a task's output kept with its result
 READ_CHUNK = 1 << 16
 
 
-def _die_with_parent():
+def _die_with_parent(parent_pid):
     """Ask Linux to SIGKILL us when our parent goes away, so a killed runner leaves no orphans."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent_pid:  # the runner died between our fork and the line above: no signal will come
+        os._exit(0)
 
 
 class Pipe(object):
@@ -103,13 +105,16 @@ class Claims(object):
             self.lock.release()
 
 
-def child_main(task_fd, result_fd, log_path, claims):
+def child_main(task_fd, result_fd, log_path, claims, parent_pid, runner_fds=()):
     """Serve batches of tasks from the runner until it closes the pipe; fds 1 and 2 write to the slot's log file.
 
     A result is written as soon as its task ends, so a later task of the batch that hangs or crashes never
-    takes an earlier one's result with it.
+    takes an earlier one's result with it. runner_fds: the runner's ends of the two pipes, inherited by the
+    fork and closed here, so the task pipe reads as closed once the runner is gone.
     """
-    _die_with_parent()
+    _die_with_parent(parent_pid)
+    for fd in runner_fds:
+        os.close(fd)
     os.setsid()  # own process group: a timeout or cancel kills whatever the task started too
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the runner, which decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked from the runner: drop its drain handler

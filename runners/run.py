@@ -76,8 +76,8 @@ class Slot(object):
         result_r, result_w = os.pipe()
         self.loaded = set()
         self.claims = child.Claims(self.mp, BATCH_MAX)
-        self.proc = self.mp.Process(target=child.child_main, args=(task_r, result_w, self.log_path, self.claims),
-                                    daemon=True)
+        self.proc = self.mp.Process(target=child.child_main, daemon=True, args=(
+            task_r, result_w, self.log_path, self.claims, os.getpid(), (task_w, result_r)))
         self.proc.start()
         os.close(task_r)
         os.close(result_w)

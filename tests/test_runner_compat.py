@@ -51,3 +51,35 @@ def test_protocol_round_trips_under_the_workers_python(worker):
             "print('ok')")
     out = subprocess.run([PYTHONS[worker], "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+ORPHAN_CHECK = """
+import multiprocessing, os, sys, tempfile
+from runners import child
+fork = multiprocessing.get_context("fork")
+log = os.path.join(tempfile.mkdtemp(), "slot.log")
+def start(parent_pid):
+    task_r, task_w = os.pipe()
+    result_r, result_w = os.pipe()
+    proc = fork.Process(target=child.child_main, args=(task_r, result_w, log, child.Claims(fork, 4), parent_pid,
+                                                       (task_w, result_r)))
+    proc.start()
+    os.close(task_r)
+    os.close(result_w)
+    return proc, task_w
+# a child whose runner is already gone when it starts (its parent is not the pid it was given) leaves at once
+proc, _ = start(parent_pid=-1)
+proc.join(10)
+print("orphan at start:", proc.exitcode)
+# a child sees its task pipe close when the runner lets go of it (no copy of the runner's end stays open in it)
+proc, task_w = start(parent_pid=os.getpid())
+os.close(task_w)
+proc.join(10)
+print("pipe closed:", proc.exitcode)
+"""
+
+
+@pytest.mark.parametrize("worker", ["py36", "py38"])
+def test_a_task_process_never_outlives_its_runner_unnoticed(worker):
+    out = subprocess.run([PYTHONS[worker], "-c", ORPHAN_CHECK], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[:2] == ["orphan at start: 0", "pipe closed: 0"], out.stdout + out.stderr
