@@ -223,13 +223,20 @@ def _take_output():
     _flush_output()
     try:
         size = os.lseek(1, 0, os.SEEK_CUR)
-        if size == 0:
-            return "", False
-        data = os.pread(1, LOG_TAIL_BYTES, max(0, size - LOG_TAIL_BYTES))
-        os.ftruncate(1, 0)
-        os.lseek(1, 0, os.SEEK_SET)
+        tail = read_tail(1, size)
+        if size:
+            os.ftruncate(1, 0)
+            os.lseek(1, 0, os.SEEK_SET)
     except OSError:  # the task closed or replaced fd 1
         return "", False
+    return tail
+
+
+def read_tail(fd, size):
+    """(the last LOG_TAIL_BYTES of the size bytes of output in fd, as text; whether it was cut)."""
+    if size == 0:
+        return "", False
+    data = os.pread(fd, LOG_TAIL_BYTES, max(0, size - LOG_TAIL_BYTES))
     return data.decode("utf-8", "replace"), size > LOG_TAIL_BYTES
 
 

@@ -27,7 +27,6 @@ from runners import child, protocol  # noqa: E402
 from runners.resources import ResourceProbe  # noqa: E402
 
 log = logging.getLogger("runner")
-LOG_TAIL_BYTES = child.LOG_TAIL_BYTES
 BATCH_MAX = 32                 # tasks given to one child in one write (only tasks of functions known to be short)
 SHORT_RUN_S = 0.002            # a function whose recent runs averaged less than this counts as short
 RESULTS_PER_MESSAGE = 256      # RESULTs sent together in one message
@@ -147,16 +146,15 @@ class Slot(object):
     def read_logs(self):
         """The tail of the log file of a child that died or was killed (a live child reports its own)."""
         try:
-            if os.stat(self.log_path).st_size == 0:
-                return "", False
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                f.seek(max(0, size - LOG_TAIL_BYTES))
-                data = f.read()
+            fd = os.open(self.log_path, os.O_RDONLY)
         except OSError:
             return "", False
-        return data.decode("utf-8", "replace"), size > LOG_TAIL_BYTES
+        try:
+            return child.read_tail(fd, os.fstat(fd).st_size)
+        except OSError:
+            return "", False
+        finally:
+            os.close(fd)
 
     def take_unstarted(self):
         """After the child is gone: the queued tasks behind the one that was running, to be given out again."""
@@ -332,7 +330,6 @@ class Runner(object):
 
     def start_pending(self):
         """Give queued tasks to idle slots: one at a time, or a batch of short ones (a share of what is queued)."""
-        now = None
         for slot in self.slots:
             if not self.pending:
                 return
@@ -344,7 +341,7 @@ class Runner(object):
             items = [self.pending.popleft()]
             while self.pending and len(items) < take and self.is_short(self.pending[0][0]["function_hash"]):
                 items.append(self.pending.popleft())
-            slot.assign(items, now or time.monotonic())
+            slot.assign(items, time.monotonic())
             self.in_slots.update((h["task_id"], h["attempt"]) for h, _ in items)
             self.watch(slot)
             if len(items) > 1:

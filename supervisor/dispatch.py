@@ -235,8 +235,6 @@ class Dispatcher:
     async def pump(self) -> int:
         """Lease ready tasks to the runners with the most free slots, highest priority first; one commit.
         Returns how many transitions were planned."""
-        if not self.accepting or self.broker is None:
-            return 0
         plan = Plan()
         async with self._lock:
             await self._plan_ready(plan)
